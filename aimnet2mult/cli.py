@@ -1,0 +1,83 @@
+"""``aimnet2mult`` command line: subcommands for the model life cycle.
+
+    aimnet2mult compile --weights ck.pt --output prefix --fidelity-level 0 [...]
+    aimnet2mult import-aimnet2 aimnet2_wb97m-d3_ens.jpt --member 0 --output ck.pt
+    aimnet2mult info FILE            (checkpoint or compiled potential)
+"""
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from .checkpoint import CheckpointError
+from .model_config import ConfigError
+
+
+def _cmd_compile(args) -> int:
+    from .tools.compile_jit import run
+
+    print(f"wrote {run(args)}")
+    return 0
+
+
+def _cmd_import(args) -> int:
+    from .checkpoint import save_checkpoint
+    from .import_official import official_member_checkpoint
+
+    ckpt = official_member_checkpoint(args.file, args.member, args.name or "")
+    save_checkpoint(ckpt, args.output)
+    f = ckpt["fidelities"][0]
+    print(f"wrote {args.output}: fidelity 0 '{f['name']}', elements {len(f['elements'])}, "
+          f"dispersion {f['dispersion']}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint
+    from .export import read_metadata
+
+    path = Path(args.file)
+    if path.suffix == ".jpt":
+        print(json.dumps(read_metadata(path), indent=1))
+        return 0
+    ckpt = load_checkpoint(path)
+    info = {k: ckpt[k] for k in ("format_version", "package_version", "model_config", "fidelities", "source")}
+    print(json.dumps(info, indent=1, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .tools.compile_jit import add_arguments
+
+    parser = argparse.ArgumentParser(prog="aimnet2mult", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compile", help="export one fidelity as a TorchScript potential (.jpt)")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_compile)
+    p = sub.add_parser("import-aimnet2", help="official AIMNet2 ensemble member -> checkpoint")
+    p.add_argument("file", help="official AIMNet2 TorchScript file (e.g. aimnet2_wb97m-d3_ens.jpt)")
+    p.add_argument("--member", type=int, default=0, help="ensemble member (default 0)")
+    p.add_argument("--output", required=True, help="checkpoint to write (.pt)")
+    p.add_argument("--name", help="fidelity name (default from the file name, e.g. wb97m-d3)")
+    p.set_defaults(func=_cmd_import)
+    p = sub.add_parser("info", help="describe a checkpoint or a compiled potential")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Checkpoint -> per-fidelity potential (in memory or TorchScript ``PREFIX_fid{K}.jpt``).
+
+The potential of fidelity K = shared backbone + embedding block K + readout K + SAE_K (float64)
++ the chosen D3(BJ). Metadata (JSON) travels inside the TorchScript file as the extra file
+``metadata.json``; ``torch.jit.load(path)`` needs nothing from aimnet2mult.
+"""
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+
+from . import __version__
+from .checkpoint import CheckpointError, build_model, checkpoint_hash, fidelity_index, load_checkpoint
+from .elements import SYMBOLS
+from .io_utils import atomic_write
+from .potential import Potential
+
+POTENTIAL_FORMAT = "aimnet2mult-potential"
+METADATA_FILE = "metadata.json"
+#: sentinel: use the dispersion recorded in the checkpoint for that fidelity
+RECORDED = "recorded"
+
+
+def single_fidelity_state(ckpt: Dict[str, Any], k: int) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    """Model config and state dict of a one-fidelity network holding fidelity k of ``ckpt``."""
+    cfg = copy.deepcopy(ckpt["model_config"])
+    n_fid, off = int(cfg["num_fidelities"]), int(cfg["fidelity_offset"])
+    if not 0 <= k < n_fid:
+        raise CheckpointError(f"fidelity {k} is out of range: the checkpoint has {n_fid} fidelities (0..{n_fid - 1})")
+    shared = not cfg["use_fidelity_readouts"]
+    src = ckpt["state_dict"]
+    state: Dict[str, torch.Tensor] = {}
+    for key, value in src.items():
+        if key == "backbone.embedding.weight":
+            block = value[k * off:(k + 1) * off].clone()
+            block[0] = 0.0
+            state[key] = block
+        elif key.startswith("readouts."):
+            head, rest = key.split(".", 2)[1], key.split(".", 2)[2]
+            if shared:
+                state[f"readouts.0.{rest}"] = value[k * off:(k + 1) * off].clone() if rest == "shifts" else value.clone()
+            elif int(head) == k:
+                state[f"readouts.0.{rest}"] = value.clone()
+        else:
+            state[key] = value.clone()
+    cfg.update(num_fidelities=1, use_fidelity_readouts=True)
+    return cfg, state
+
+
+def resolve_dispersion(spec: Any, recorded: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """None/'none' -> no dispersion; 'recorded' -> the checkpoint's; a functional name -> database
+    parameters; a dict with s6/s8/a1/a2 (and optional s9, alp, functional) -> those."""
+    from .dispersion_params import custom_d3bj_parameters, d3bj_parameters
+
+    if isinstance(spec, str) and spec == RECORDED:
+        spec = recorded
+    if spec is None or (isinstance(spec, str) and spec.lower() == "none"):
+        return None
+    if isinstance(spec, str):
+        params = d3bj_parameters(spec)
+        return {"method": "d3bj", "functional": spec.lower(), **params}
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        if spec.get("method", "d3bj") != "d3bj":
+            raise ValueError(f"unsupported dispersion method {spec.get('method')!r} (supported: d3bj, none)")
+        functional = spec.get("functional")
+        if all(k in spec and spec[k] is not None for k in ("s6", "s8", "a1", "a2")):
+            params = custom_d3bj_parameters(float(spec["s6"]), float(spec["s8"]), float(spec["a1"]),
+                                            float(spec["a2"]), s9=float(spec.get("s9") or 0.0),
+                                            alp=float(spec.get("alp") or 14.0))
+        elif functional:
+            params = d3bj_parameters(functional, atm=bool(spec.get("atm", False)))
+        else:
+            raise ValueError("a d3bj dispersion needs a functional name or all of s6, s8, a1, a2")
+        return {"method": "d3bj", "functional": functional, **params}
+    raise ValueError(f"cannot interpret dispersion specification {spec!r}")
+
+
+def build_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int, str],
+                    dispersion: Any = RECORDED) -> Potential:
+    """In-memory potential of one fidelity (eval mode, not scripted)."""
+    from .nn.dispersion import D3BJ
+    from .nn.model import MultiFidelityAIMNet2
+
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    k = fidelity_index(ckpt, fidelity)
+    cfg, state = single_fidelity_state(ckpt, k)
+    model = MultiFidelityAIMNet2(cfg)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"fidelity {k} weights do not fit the model: missing {result.missing_keys[:8]}, "
+                              f"unexpected {result.unexpected_keys[:8]}")
+    entry = ckpt["fidelities"][k]
+    off = int(cfg["fidelity_offset"])
+    sae = torch.zeros(off, dtype=torch.float64)
+    for z, v in entry["sae"].items():
+        sae[int(z)] = float(v)
+    supported = torch.zeros(off, dtype=torch.bool)
+    supported[[int(z) for z in entry["elements"]]] = True
+    disp = resolve_dispersion(dispersion, entry.get("dispersion"))
+    modules = [] if disp is None else [D3BJ.from_params(disp)]
+    pot = Potential(model, sae, supported, modules, k, entry["name"], SYMBOLS[:off] + [""] * max(0, off - len(SYMBOLS)))
+    pot.eval()
+    pot.metadata = potential_metadata(ckpt, k, disp)  # plain attribute, not scripted
+    return pot
+
+
+def potential_metadata(ckpt: Dict[str, Any], k: int, disp: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    cfg = ckpt["model_config"]
+    entry = ckpt["fidelities"][k]
+    return {
+        "format": POTENTIAL_FORMAT,
+        "format_version": 1,
+        "package_version": __version__,
+        "fidelity": k,
+        "fidelity_name": entry["name"],
+        "num_fidelities_in_source": int(cfg["num_fidelities"]),
+        "fidelity_offset": int(cfg["fidelity_offset"]),
+        "elements": [int(z) for z in entry["elements"]],
+        "element_symbols": [SYMBOLS[int(z)] for z in entry["elements"]],
+        "cutoff": float(cfg["cutoff"]),
+        "coulomb": cfg.get("coulomb"),
+        "open_shell": int(cfg["num_charge_channels"]) == 2,
+        "shift_dtype": cfg["shift_dtype"],
+        "dispersion": disp,
+        "labels_include_dispersion": bool(entry.get("labels_include_dispersion", False)),
+        "sae": {str(z): v for z, v in entry["sae"].items()},
+        "units": {"coord": "angstrom", "energy": "eV", "forces": "eV/angstrom", "charges": "e"},
+        "inputs": {"coord": "(B, N, 3) float, Å", "numbers": "(B, N) int, 0 = padding",
+                   "charge": "(B,) float, optional (0)", "mult": "(B,) float, optional (1)"},
+        "outputs": ["energy", "forces", "charges", "dispersion_energy"]
+        + (["spin_charges"] if int(cfg["num_charge_channels"]) == 2 else []),
+        "requires_extensions": [],
+        "source": ckpt.get("source", {}),
+    }
+
+
+def export_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int, str],
+                     output: Union[str, Path], dispersion: Any = RECORDED,
+                     source_hash: Optional[str] = None) -> Path:
+    """Script and save the potential of one fidelity. ``output`` ending in ``.jpt`` is used as
+    given; otherwise it is a prefix and the file is ``{output}_fid{K}.jpt``. Written atomically."""
+    if not isinstance(ckpt, dict):
+        source_hash = checkpoint_hash(ckpt)
+        ckpt = load_checkpoint(ckpt)
+    k = fidelity_index(ckpt, fidelity)
+    pot = build_potential(ckpt, k, dispersion)
+    meta = dict(pot.metadata)
+    del pot.metadata
+    meta["source_checkpoint_sha256"] = source_hash
+    scripted = torch.jit.script(pot)
+    output = str(output)
+    path = Path(output if output.endswith(".jpt") else f"{output}_fid{k}.jpt")
+    extra = {METADATA_FILE: json.dumps(meta, indent=1)}
+    atomic_write(path, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
+    return path
+
+
+def read_metadata(path: Union[str, Path]) -> Dict[str, Any]:
+    """Metadata of an exported potential (without loading the TorchScript code)."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"potential file not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("extra/" + METADATA_FILE)]
+            if not names:
+                raise ValueError(f"{path}: TorchScript file without aimnet2mult metadata (not an aimnet2mult potential)")
+            return json.loads(zf.read(names[0]))
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path}: not a TorchScript potential file") from None
+
+
+def load_potential(path: Union[str, Path], device: Union[str, torch.device] = "cpu"):
+    """(scripted potential, metadata) of an exported ``.jpt``, with a clear error for other files."""
+    meta = read_metadata(path)
+    if meta.get("format") != POTENTIAL_FORMAT:
+        raise ValueError(f"{path}: metadata format {meta.get('format')!r} is not {POTENTIAL_FORMAT!r}")
+    for ext in meta.get("requires_extensions", []):
+        __import__(ext)
+    module = torch.jit.load(str(path), map_location=device)
+    module.eval()
+    return module, meta

@@ -1,0 +1,92 @@
+"""Model hyper-parameters: packaged defaults, YAML loading and validation."""
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import yaml
+
+#: multi-fidelity keys, set by the training configuration
+FIDELITY_KEYS = ("num_fidelities", "fidelity_offset", "use_fidelity_readouts")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid (the message says which)."""
+
+
+def default_model_config() -> Dict[str, Any]:
+    text = resources.files("aimnet2mult.resources.config").joinpath("default_model.yaml").read_text()
+    cfg = yaml.safe_load(text)
+    cfg.update(num_fidelities=1, fidelity_offset=200, use_fidelity_readouts=True)
+    return cfg
+
+
+def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def model_config(source: Union[None, str, Path, Dict[str, Any]] = None,
+                 **overrides: Any) -> Dict[str, Any]:
+    """Defaults, updated by a YAML file or dict, then by keyword overrides; validated."""
+    cfg = default_model_config()
+    where = "model configuration"
+    if isinstance(source, (str, Path)):
+        where = str(source)
+        update = read_yaml(source)
+        # the seed's model.yaml may nest the architecture under 'model'
+        if set(update) == {"model"} and isinstance(update["model"], dict):
+            update = update["model"]
+    else:
+        update = dict(source or {})
+    for key, value in list(update.items()) + list(overrides.items()):
+        if key not in cfg:
+            raise ConfigError(f"{where}: unknown model key '{key}'; valid keys: {', '.join(sorted(cfg))}")
+        if value is not None:
+            cfg[key] = copy.deepcopy(value)
+    return validate_model_config(cfg, where)
+
+
+def validate_model_config(cfg: Dict[str, Any], where: str = "model configuration") -> Dict[str, Any]:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{where}: {msg}")
+
+    need(float(cfg["cutoff"]) > float(cfg["shell_start"]) >= 0, "need cutoff > shell_start >= 0")
+    for key in ("num_shells", "num_features", "num_combinations", "aim_size", "num_fidelities",
+                "fidelity_offset"):
+        need(isinstance(cfg[key], int) and cfg[key] > 0, f"'{key}' must be a positive integer, got {cfg[key]!r}")
+    need(cfg["num_charge_channels"] in (1, 2), "'num_charge_channels' must be 1 (closed shell) or 2 (open shell)")
+    need(isinstance(cfg["passes"], list) and len(cfg["passes"]) >= 2
+         and all(isinstance(p, list) and p and all(isinstance(h, int) and h > 0 for h in p) for p in cfg["passes"]),
+         "'passes' must be a list of at least two non-empty lists of positive layer widths")
+    need(isinstance(cfg["energy_head"], list) and all(isinstance(h, int) and h > 0 for h in cfg["energy_head"]),
+         "'energy_head' must be a list of positive layer widths")
+    need(cfg["shift_dtype"] in ("float32", "float64"), "'shift_dtype' must be float32 or float64")
+    need(cfg["fidelity_offset"] > 118, "'fidelity_offset' must exceed the largest atomic number (118)")
+    need(isinstance(cfg["use_fidelity_readouts"], bool), "'use_fidelity_readouts' must be true or false")
+    coul = cfg.get("coulomb")
+    if coul is not None:
+        need(isinstance(coul, dict) and coul.get("method") in ("simple", "none"),
+             "'coulomb.method' must be 'simple' or 'none' (dsf/ewald arrive with the neighbour-list layout)")
+        if coul.get("method") == "simple":
+            need(float(coul.get("rc", 4.6)) > 0, "'coulomb.rc' must be positive")
+    return cfg
+
+
+def coulomb_settings(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    coul = cfg.get("coulomb")
+    if not coul or coul.get("method", "none") == "none":
+        return None
+    return {"method": coul["method"], "rc": float(coul.get("rc", 4.6))}

@@ -1,0 +1,68 @@
+"""Pair geometry for both layouts (see ``nbops``).
+
+Masked pairs (self pairs, padding atoms, unused neighbour slots) get the squared distance
+``fill = cutoff**2`` BEFORE the square root: that keeps sqrt away from 0 (no NaN gradients),
+makes every cutoff function exactly 0 there and blocks gradients through those entries.
+"""
+
+from typing import Dict, Tuple
+
+import torch
+from torch import Tensor
+
+
+def dense_pairs(coord: Tensor, numbers: Tensor, fill: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """All pairs within each molecule of a padded batch.
+
+    coord: (B, N, 3) Å; numbers: (B, N), 0 = padding; fill: squared distance (Å²) for masked pairs.
+    Returns d_ij (B, N, N) Å, r_ij (B, N, N, 3) = x_j - x_i, pair_mask (B, N, N) True = not a pair.
+    """
+    n = coord.shape[1]
+    r_ij = coord.unsqueeze(1) - coord.unsqueeze(2)
+    pad = numbers == 0
+    eye = torch.eye(n, dtype=torch.bool, device=coord.device).unsqueeze(0)
+    pair_mask = eye | pad.unsqueeze(1) | pad.unsqueeze(2)
+    d2 = (r_ij * r_ij).sum(-1).masked_fill(pair_mask, fill)
+    return d2.sqrt(), r_ij, pair_mask
+
+
+def flat_pairs(coord: Tensor, nbmat: Tensor, fill: float, shifts: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Pairs from a neighbour matrix.
+
+    coord: (A, 3) Å with a trailing dummy atom; nbmat: (A, M) neighbour indices, A-1 = empty slot;
+    shifts: (A, M, 3) Å Cartesian image shifts added to x_j (zeros for non-periodic systems).
+    Returns d_ij (A, M), r_ij (A, M, 3), pair_mask (A, M).
+    """
+    dummy = coord.shape[0] - 1
+    r_ij = coord[nbmat] - coord.unsqueeze(1) + shifts
+    pair_mask = nbmat == dummy
+    d2 = (r_ij * r_ij).sum(-1).masked_fill(pair_mask, fill)
+    return d2.sqrt(), r_ij, pair_mask
+
+
+def unit_vectors(r_ij: Tensor, d_ij: Tensor) -> Tensor:
+    """u_ij = r_ij / d_ij (0 on self pairs, whose r is 0 and d the fill distance)."""
+    return r_ij / d_ij.unsqueeze(-1)
+
+
+def min_real_distance(d_ij: Tensor, pair_mask: Tensor) -> Tensor:
+    """Smallest distance over real pairs (inf when there is none)."""
+    return d_ij.masked_fill(pair_mask, float("inf")).min()
+
+
+def pair_geometry(data: Dict[str, Tensor], fill: float) -> Dict[str, Tensor]:
+    """Add ``d_ij``, ``u_ij`` and ``pair_mask`` (short-range pairs) to the batch dict."""
+    if data["coord"].dim() == 3:
+        d_ij, r_ij, pair_mask = dense_pairs(data["coord"], data["numbers"], fill)
+    else:
+        nbmat = data["nbmat"]
+        if "shifts" in data:
+            shifts = data["shifts"]
+        else:
+            shifts = torch.zeros(nbmat.shape[0], nbmat.shape[1], 3, dtype=data["coord"].dtype,
+                                 device=nbmat.device)
+        d_ij, r_ij, pair_mask = flat_pairs(data["coord"], nbmat, fill, shifts)
+    data["d_ij"] = d_ij
+    data["u_ij"] = unit_vectors(r_ij, d_ij)
+    data["pair_mask"] = pair_mask
+    return data

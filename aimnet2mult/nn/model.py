@@ -1,0 +1,129 @@
+"""The multi-fidelity AIMNet2 network.
+
+Shared backbone (basis, convolutions, interaction passes) with one enlarged element embedding table
+(element Z of fidelity f uses row Z + f * offset) and per-fidelity energy readouts (or one shared
+readout). The network predicts RESIDUAL energies: self-atomic energies (SAE) and dispersion are
+added by the exported potential (``aimnet2mult.potential``).
+
+Inputs (dense layout): ``coord`` (B, N, 3) Å, ``numbers`` (B, N) standard atomic numbers with 0 =
+padding, ``charge`` (B,) e, ``fidelity`` (B,) int (optional only for single-fidelity models),
+``mult`` (B,) (open-shell models). Outputs added to the returned dict: ``energy`` (B,) float64 eV
+(residual NN energy + Coulomb), ``charges`` (B, N) e, ``spin_charges`` (B, N) for open-shell models,
+``atomic_energies`` (B, N) float64, plus the pair geometry (``d_ij``, ``u_ij``, ``pair_mask``).
+"""
+
+from typing import Any, Dict
+
+import torch
+from torch import Tensor, nn
+
+from . import nbops
+from .backbone import AIMNet2Backbone
+from .coulomb import SimpleCoulomb
+from .geometry import pair_geometry
+from .readout import EnergyReadout
+
+
+class MultiFidelityAIMNet2(nn.Module):
+    num_fidelities: int
+    fidelity_offset: int
+    num_charge_channels: int
+    use_fidelity_readouts: bool
+    cutoff: float
+    use_coulomb: bool
+
+    def __init__(self, config: Dict[str, Any]):
+        super().__init__()
+        from ..model_config import coulomb_settings, validate_model_config
+
+        cfg = validate_model_config(dict(config))
+        self.num_fidelities = int(cfg["num_fidelities"])
+        self.fidelity_offset = int(cfg["fidelity_offset"])
+        self.num_charge_channels = int(cfg["num_charge_channels"])
+        self.use_fidelity_readouts = bool(cfg["use_fidelity_readouts"])
+        self.cutoff = float(cfg["cutoff"])
+        num_rows = self.num_fidelities * self.fidelity_offset
+        self.backbone = AIMNet2Backbone(
+            num_rows=num_rows, cutoff=self.cutoff, num_shells=int(cfg["num_shells"]),
+            shell_start=float(cfg["shell_start"]), num_features=int(cfg["num_features"]),
+            num_combinations=int(cfg["num_combinations"]), passes=[list(p) for p in cfg["passes"]],
+            aim_size=int(cfg["aim_size"]), num_charge_channels=self.num_charge_channels)
+        f64 = cfg["shift_dtype"] == "float64"
+        n_readouts = self.num_fidelities if self.use_fidelity_readouts else 1
+        # per-fidelity readouts index their shift table by the standard Z; a shared one by shifted Z
+        rows = self.fidelity_offset if self.use_fidelity_readouts else num_rows
+        self.readouts = nn.ModuleList(
+            [EnergyReadout(int(cfg["aim_size"]), list(cfg["energy_head"]), rows, f64) for _ in range(n_readouts)])
+        coul = coulomb_settings(cfg)
+        self.use_coulomb = coul is not None
+        self.coulomb = SimpleCoulomb(coul["rc"] if coul is not None else 4.6)
+
+    def _fidelity_per_atom(self, data: Dict[str, Tensor]) -> Tensor:
+        n_mol = nbops.num_molecules(data)
+        if "fidelity" in data:
+            fid = data["fidelity"].to(torch.long)
+            if fid.dim() == 0:
+                fid = fid.expand(n_mol)
+        elif self.num_fidelities == 1:
+            fid = torch.zeros(n_mol, dtype=torch.long, device=data["coord"].device)
+        else:
+            raise ValueError("this model has {} fidelities: the batch needs a 'fidelity' entry "
+                             "(index per molecule)".format(self.num_fidelities))
+        if fid.shape[0] != n_mol:
+            raise ValueError("'fidelity' must have one entry per molecule ({}), got shape {}".format(
+                n_mol, list(fid.shape)))
+        if bool(((fid < 0) | (fid >= self.num_fidelities)).any()):
+            raise ValueError("fidelity index out of range: this model has fidelities 0..{}".format(
+                self.num_fidelities - 1))
+        if nbops.is_dense(data):
+            return fid.unsqueeze(1).expand(data["numbers"].shape)
+        return fid[data["mol_idx"]]
+
+    def _charge_channels(self, data: Dict[str, Tensor], dtype: torch.dtype) -> Tensor:
+        charge = data["charge"].to(dtype)
+        if self.num_charge_channels == 1:
+            return charge.unsqueeze(-1)
+        unpaired = data["mult"].to(dtype) - 1.0
+        return torch.stack([0.5 * (charge + unpaired), 0.5 * (charge - unpaired)], dim=-1)
+
+    def forward(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        dtype = self.backbone.embedding.weight.dtype
+        data = dict(data)
+        data["coord"] = data["coord"].to(dtype)
+        numbers = data["numbers"].to(torch.long)
+        data["numbers"] = numbers
+        if "charge" not in data:
+            data["charge"] = torch.zeros(nbops.num_molecules(data), dtype=dtype, device=numbers.device)
+        if self.num_charge_channels == 2 and "mult" not in data:
+            data["mult"] = torch.ones(nbops.num_molecules(data), dtype=dtype, device=numbers.device)
+        if bool(((numbers < 0) | (numbers >= self.fidelity_offset)).any()):
+            raise ValueError("atomic numbers must lie in 0..{} (0 = padding)".format(self.fidelity_offset - 1))
+        fid_atom = self._fidelity_per_atom(data)
+        real = numbers != 0
+        shifted = torch.where(real, numbers + fid_atom * self.fidelity_offset, numbers)
+
+        data = pair_geometry(data, self.cutoff * self.cutoff)
+        aim, q = self.backbone(shifted, self._charge_channels(data, dtype), data)
+
+        if len(self.readouts) == 1:
+            e_atom = torch.zeros(numbers.shape, dtype=torch.float64, device=numbers.device)
+            for readout in self.readouts:
+                e_atom = torch.where(real, readout(aim, shifted), e_atom)
+        else:
+            e_atom = torch.zeros(numbers.shape, dtype=torch.float64, device=numbers.device)
+            for k, readout in enumerate(self.readouts):
+                sel = real & (fid_atom == k)
+                if bool(sel.any()):
+                    e_atom = e_atom.index_put((sel,), readout(aim[sel], numbers[sel]))
+        energy = nbops.mol_sum(e_atom, data)
+
+        charges = q.sum(-1)
+        if self.use_coulomb:
+            energy = energy + self.coulomb(charges, data["d_ij"], data["pair_mask"], data, "nbmat")
+        data["atomic_energies"] = e_atom
+        data["energy"] = energy
+        data["charges"] = charges
+        if self.num_charge_channels == 2:
+            data["spin_charges"] = q[..., 0] - q[..., 1]
+        return data
+

@@ -1,0 +1,32 @@
+"""Energy readout: per-atom MLP plus a per-element atomic shift."""
+
+import torch
+from torch import Tensor, nn
+
+from .mlp import make_mlp
+from typing import List
+
+
+class EnergyReadout(nn.Module):
+    """e_i = MLP(aim_i) + σ[index_i]; returns float64 atomic energies (eV).
+
+    σ is stored in float64. ``float64_shift=False`` reproduces the official AIMNet2 TorchScript
+    files, which add σ in float32 (rounding each atomic energy to the float32 grid near |σ|)
+    before the float64 sum; models trained here use float64.
+    """
+
+    float64_shift: bool
+
+    def __init__(self, n_in: int, hidden: List[int], num_rows: int, float64_shift: bool = True):
+        super().__init__()
+        self.float64_shift = float64_shift
+        self.mlp = make_mlp(n_in, hidden, 1)
+        self.shifts = nn.Parameter(torch.zeros(num_rows, dtype=torch.float64))
+
+    def forward(self, aim: Tensor, index: Tensor) -> Tensor:
+        """aim: (X, n_in); index: (X,) row of the shift table. Returns (X,) float64."""
+        e = self.mlp(aim).squeeze(-1)
+        shift = self.shifts[index]
+        if self.float64_shift:
+            return e.double() + shift.double()
+        return (e + shift.to(e.dtype)).double()
