@@ -79,6 +79,8 @@ def load_d3_reference_tables() -> Dict[str, Tensor]:
     * ``rvdw`` (Z, Z): pairwise vdW radii in Bohr (tad-mctc ``radii.VDW_PAIRWISE``)
 
     Z = 104 (dummy + H..Lr). Row/column 0 is zero (refcn -1) so padding atoms are inert.
+    The radii are used as tad-mctc ships them (converted to Bohr with its CODATA 2014 Bohr,
+    4e-10 relative from CODATA 2018: far below any tolerance that matters).
     """
     import tad_dftd3
     from tad_dftd3.data import R4R2
