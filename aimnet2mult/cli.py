@@ -3,6 +3,8 @@
     aimnet2mult compile --weights ck.pt --output prefix --fidelity-level 0 [...]
     aimnet2mult import-aimnet2 aimnet2_wb97m-d3_ens.jpt --member 0 --output ck.pt
     aimnet2mult info FILE            (checkpoint or compiled potential)
+    aimnet2mult train --config train.yaml --save model.pt [key=value ...]
+    aimnet2mult sae DATA.h5 OUT.yaml
 """
 
 import argparse
@@ -49,6 +51,18 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .train.cli import run
+
+    return run(args)
+
+
+def _cmd_sae(args) -> int:
+    from .train.calc_sae import main as sae_main
+
+    return sae_main(args.sae_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .tools.compile_jit import add_arguments
 
@@ -64,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="checkpoint to write (.pt)")
     p.add_argument("--name", help="fidelity name (default from the file name, e.g. wb97m-d3)")
     p.set_defaults(func=_cmd_import)
+    p = sub.add_parser("train", help="train a multi-fidelity model (same as aimnet2mult-train)")
+    from .train.cli import add_arguments as add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("sae", help="fit self-atomic energies of a dataset (DATA.h5 OUT.yaml)")
+    p.add_argument("sae_args", nargs=argparse.REMAINDER, help="DATA.h5 OUT.yaml [--seed N]")
+    p.set_defaults(func=_cmd_sae)
     p = sub.add_parser("info", help="describe a checkpoint or a compiled potential")
     p.add_argument("file")
     p.set_defaults(func=_cmd_info)
@@ -71,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .train.cli import parse
+
+    args = parse(build_parser(), argv)
     try:
         return args.func(args)
     except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as exc:

@@ -1,0 +1,114 @@
+"""Training configuration: packaged defaults -> each --config file -> key=value dotted overrides.
+
+Uses OmegaConf for merging and dotted overrides (``data.fidelity_datasets.0="fid0.h5"``). The result
+is a plain dict; per-fidelity maps get integer keys. Relative paths are resolved against the
+current working directory.
+"""
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+from ..model_config import ConfigError, read_yaml
+
+#: per-fidelity maps under ``data`` whose keys are fidelity indices
+FIDELITY_MAPS = ("fidelity_datasets", "val_fidelity_datasets", "fidelity_weights", "labels_include_dispersion",
+                 "dispersion")
+
+
+def default_train_config() -> Dict[str, Any]:
+    text = resources.files("aimnet2mult.resources.config").joinpath("default_train.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _int_keys(mapping: Any, where: str) -> Dict[int, Any]:
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where} must be a mapping of fidelity index -> value, got {mapping!r}")
+    out: Dict[int, Any] = {}
+    for key, value in mapping.items():
+        try:
+            out[int(key)] = value
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: key {key!r} is not a fidelity index (0, 1, ...)") from None
+    return out
+
+
+def load_train_config(config_files: Sequence[str] = (), overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    base = OmegaConf.create(default_train_config())
+    layers = [base]
+    for path in config_files:
+        layers.append(OmegaConf.create(read_yaml(path)))
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got: {' '.join(bad)}")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        cfg = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"invalid configuration or override: {exc}") from None
+    _check_unknown(cfg, default_train_config(), "")
+    return normalize(cfg)
+
+
+def _check_unknown(cfg: Dict[str, Any], ref: Dict[str, Any], prefix: str) -> None:
+    """Unknown keys are errors (typos must not be silently ignored); free-form maps are skipped."""
+    free = {"data.fidelity_datasets", "data.val_fidelity_datasets", "data.fidelity_weights", "data.sae.energy.files",
+            "data.labels_include_dispersion", "data.dispersion", "fidelity_names", "optimizer.kwargs",
+            "optimizer.param_groups", "scheduler.kwargs", "wandb.init", "loss.kwargs.components",
+            "data.samplers.train.kwargs", "data.samplers.val.kwargs", "data.loaders.train", "data.loaders.val",
+            "scheduler"}
+    for key, value in cfg.items():
+        path = f"{prefix}{key}"
+        if path in free:
+            continue
+        if key not in ref:
+            raise ConfigError(f"unknown configuration key '{path}'; valid keys here: {', '.join(sorted(ref))}")
+        if isinstance(value, dict) and isinstance(ref[key], dict):
+            _check_unknown(value, ref[key], path + ".")
+
+
+def normalize(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    data = cfg["data"]
+    for key in FIDELITY_MAPS:
+        data[key] = _int_keys(data.get(key), f"data.{key}")
+    data["sae"]["energy"]["files"] = _int_keys(data["sae"]["energy"].get("files"), "data.sae.energy.files")
+    cfg["fidelity_names"] = {k: str(v) for k, v in _int_keys(cfg.get("fidelity_names"), "fidelity_names").items()}
+    fids = sorted(data["fidelity_datasets"])
+    if not fids:
+        raise ConfigError("no training data: set data.fidelity_datasets (e.g. data.fidelity_datasets.0=fid0.h5)")
+    if fids != list(range(len(fids))):
+        missing = sorted(set(range(max(fids) + 1)) - set(fids))
+        raise ConfigError(f"data.fidelity_datasets has a gap: fidelity indices {fids}, missing {missing}; "
+                          "fidelities must be numbered 0, 1, 2, ... without gaps")
+    for key in ("val_fidelity_datasets", "fidelity_weights", "labels_include_dispersion", "dispersion"):
+        extra = sorted(set(data[key]) - set(fids))
+        if extra:
+            raise ConfigError(f"data.{key} names fidelities {extra} that have no training data (have {fids})")
+    extra = sorted(set(data["sae"]["energy"]["files"]) - set(fids))
+    if extra:
+        raise ConfigError(f"data.sae.energy.files names fidelities {extra} that have no training data (have {fids})")
+    for mapping in (data["fidelity_datasets"], data["val_fidelity_datasets"], data["sae"]["energy"]["files"]):
+        for k, v in mapping.items():
+            mapping[k] = str(Path(str(v)).expanduser().resolve())
+    for k, w in data["fidelity_weights"].items():
+        if not isinstance(w, (int, float)) or w <= 0:
+            raise ConfigError(f"data.fidelity_weights.{k} must be a positive number, got {w!r}")
+    if int(cfg["fidelity_offset"]) <= 118:
+        raise ConfigError("fidelity_offset must exceed the largest atomic number (118)")
+    return cfg
+
+
+def num_fidelities(cfg: Dict[str, Any]) -> int:
+    return len(cfg["data"]["fidelity_datasets"])
+
+
+def dump_config(cfg: Dict[str, Any]) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

@@ -1,0 +1,396 @@
+"""Training orchestration: data -> model -> ignite trainer -> checkpoints, logs and plots.
+
+Files written (``--save runs/model.pt``):
+  runs/model.pt               final checkpoint (self-describing; includes the training state, so
+                              ``--resume runs/model.pt`` continues exactly)
+  runs/model_config.yaml      the final configuration (also stored inside the checkpoint)
+  runs/model_run/             train.log, last.pt (every epoch and on interruption), best_*.pt
+                              (n_saved best by validation loss), history.json,
+                              learning_curves.png, parity_fid{k}.png
+"""
+
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .. import __version__
+from ..checkpoint import CheckpointError, fidelity_entry, load_checkpoint, make_checkpoint, save_checkpoint
+from ..io_utils import atomic_write_text
+from ..model_config import ConfigError, model_config
+from ..nn.model import MultiFidelityAIMNet2
+from .config import dump_config, num_fidelities
+from .engine import (EpochData, plain_state, TrainStep, build_optimizer, build_scheduler, current_lrs, evaluate, rng_state,
+                     set_rng_state, summarize, unwrap)
+from .loss import MaskedMultiTaskLoss
+from .transfer import transfer_weights
+
+log = logging.getLogger("aimnet2mult.train")
+
+
+def setup_logging(log_file: Optional[Path], rank: int) -> None:
+    root = logging.getLogger("aimnet2mult")
+    root.setLevel(logging.INFO)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    if rank != 0:
+        root.addHandler(logging.NullHandler())
+        return
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler()
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+    root.propagate = False
+
+
+def init_distributed(device: torch.device):
+    """(world_size, rank) from torchrun's environment; gloo on CPU, NCCL on GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_world_size(), dist.get_rank()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("device: cuda requested but no CUDA device is available")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device(f"cuda:{local}") if name == "cuda" else torch.device(name)
+    return torch.device(name)
+
+
+def build_model_config(cfg: Dict[str, Any], model_yaml: Optional[str], source: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    fid = dict(num_fidelities=num_fidelities(cfg), fidelity_offset=int(cfg["fidelity_offset"]),
+               use_fidelity_readouts=bool(cfg["use_fidelity_readouts"]))
+    if model_yaml:
+        return model_config(model_yaml, **fid)
+    if source is not None:
+        base = {k: v for k, v in source["model_config"].items() if k not in fid}
+        base["shift_dtype"] = "float64"
+        return model_config(base, **fid)
+    return model_config(None, **fid)
+
+
+def load_source(path: str) -> Dict[str, Any]:
+    """--load source: a checkpoint, or an official AIMNet2 TorchScript ensemble (member 0)."""
+    if str(path).endswith(".jpt"):
+        from ..import_official import official_member_checkpoint
+
+        return official_member_checkpoint(path, 0)
+    return load_checkpoint(path)
+
+
+def fidelity_table(cfg: Dict[str, Any], info: Dict[str, Any]) -> List[Dict[str, Any]]:
+    from ..export import resolve_dispersion
+
+    data = cfg["data"]
+    table = []
+    for k in range(num_fidelities(cfg)):
+        name = cfg["fidelity_names"].get(k) or Path(data["fidelity_datasets"][k]).stem
+        disp_spec = data["dispersion"].get(k)
+        disp = resolve_dispersion(disp_spec, None) if disp_spec not in (None, "none") else None
+        table.append(fidelity_entry(k, name, sae=info["sae"][k], elements=info["elements"][k],
+                                    labels_include_dispersion=bool(data["labels_include_dispersion"].get(k, False)),
+                                    dispersion=disp))
+    return table
+
+
+class Trainer:
+    """Holds everything of one run; ``run()`` trains and returns the final checkpoint path."""
+
+    def __init__(self, cfg: Dict[str, Any], save: str, model_yaml: Optional[str] = None,
+                 load: Optional[str] = None, resume: Optional[str] = None, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.save_path = Path(save).resolve()
+        self.run_dir = self.save_path.parent / f"{self.save_path.stem}_run"
+        self.device = pick_device(str(cfg.get("device", "auto")))
+        self.world, self.rank = init_distributed(self.device)
+        setup_logging(self.run_dir / "train.log", self.rank)
+        if cfg.get("deterministic"):
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(int(cfg["seed"]))
+
+        from ..data.loaders import build_loaders
+
+        self.train_loader, self.val_loader, self.info = build_loaders(
+            cfg["data"], int(cfg["seed"]), int(cfg["fidelity_offset"]), num_replicas=self.world, rank=self.rank)
+        for k in range(num_fidelities(cfg)):
+            log.info("fidelity %d: %s, %d train / %d val molecules, labels %s, SAE %s", k,
+                     self.info["files"][k], self.info["n_train"][k], self.info["n_val"].get(k, 0),
+                     ",".join(self.info["labels"][k]), self.info["sae_sources"][k])
+
+        self.resume_ckpt = load_checkpoint(resume) if resume else None
+        source = load_source(load) if load else None
+        if self.resume_ckpt is not None:
+            self.model_cfg = dict(self.resume_ckpt["model_config"])
+            if self.model_cfg["num_fidelities"] != num_fidelities(cfg):
+                raise CheckpointError(f"--resume {resume}: checkpoint has {self.model_cfg['num_fidelities']} "
+                                      f"fidelities, the configuration {num_fidelities(cfg)}")
+        else:
+            self.model_cfg = build_model_config(cfg, model_yaml, source)
+        torch.manual_seed(int(cfg["seed"]))
+        model = MultiFidelityAIMNet2(self.model_cfg)
+        if source is not None and self.resume_ckpt is None:
+            for line in transfer_weights(model, self.model_cfg, self.info["sae"], source):
+                log.info("--load %s: %s", load, line)
+        if self.resume_ckpt is not None:
+            model.load_state_dict(self.resume_ckpt["state_dict"], strict=True)
+        self.fidelities = fidelity_table(cfg, self.info)
+        model.to(self.device)
+        self.optimizer = build_optimizer(model, cfg["optimizer"])
+        if self.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        self.model = model
+        self.scheduler, self.scheduler_mode = build_scheduler(self.optimizer, cfg.get("scheduler"))
+        self.loss_fn = MaskedMultiTaskLoss(cfg["loss"]["kwargs"]["components"])
+        self.history: List[Dict[str, float]] = []
+        self.best: List[Dict[str, Any]] = []
+        self.data_wait = 0.0
+        self.step_time = 0.0
+
+    # ----------------------------------------------------------------------------------------------
+    def checkpoint(self, engine, final: bool = False) -> Dict[str, Any]:
+        state = {"optimizer": plain_state(self.optimizer.state_dict()),
+                 "scheduler": plain_state(self.scheduler.state_dict()) if self.scheduler is not None else None,
+                 "epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration),
+                 "epoch_complete": engine.state.iteration % max(len(self.train_loader), 1) == 0,
+                 "rng": rng_state(), "history": self.history, "best": self.best}
+        cfg = dict(self.cfg, model_config=self.model_cfg)
+        return make_checkpoint(unwrap(self.model), self.model_cfg, self.fidelities, train_config=cfg,
+                               training_state=state, source={"trained_with": f"aimnet2mult {__version__}"})
+
+    def save_last(self, engine) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.checkpoint(engine), self.run_dir / "last.pt")
+
+    def validate(self, engine) -> None:
+        if self.val_loader is None:
+            return
+        metrics = evaluate(self.model, self.val_loader, self.loss_fn, self.device)
+        values = metrics.compute()
+        self.last_metrics = metrics
+        record = {"epoch": engine.state.epoch, "iteration": engine.state.iteration, **values,
+                  "lr": current_lrs(self.optimizer)[0]}
+        if self._epoch_losses:
+            record["train_loss"] = sum(self._epoch_losses) / len(self._epoch_losses)
+        self.history.append(record)
+        log.info("validation epoch %d iter %d: %s lr=%.3g", engine.state.epoch, engine.state.iteration,
+                 summarize(values), record["lr"])
+        self.wandb_log({f"val/{k}": v for k, v in values.items()}, engine.state.iteration)
+        if self.scheduler_mode == "validation":
+            from ignite.engine import Engine
+
+            holder = Engine(lambda e, b: None)
+            holder.state.metrics = values
+            self.scheduler(holder)
+        if self.rank == 0:
+            self.keep_best(engine, values["loss"])
+        low = self.cfg.get("scheduler", {}).get("terminate_on_low_lr")
+        if low is not None and max(current_lrs(self.optimizer)) < float(low):
+            log.info("learning rate %.3g fell below terminate_on_low_lr %.3g: stopping",
+                     max(current_lrs(self.optimizer)), float(low))
+            engine.terminate()
+
+    def keep_best(self, engine, score: float) -> None:
+        n_saved = int(self.cfg["checkpoint"]["n_saved"])
+        if n_saved <= 0:
+            return
+        if len(self.best) >= n_saved and score >= max(b["loss"] for b in self.best):
+            return
+        path = self.run_dir / f"best_epoch{engine.state.epoch}_iter{engine.state.iteration}.pt"
+        save_checkpoint(self.checkpoint(engine), path)
+        self.best.append({"loss": score, "path": str(path)})
+        self.best.sort(key=lambda b: b["loss"])
+        for old in self.best[n_saved:]:
+            Path(old["path"]).unlink(missing_ok=True)
+        self.best = self.best[:n_saved]
+
+    def wandb_log(self, values: Dict[str, float], step: int) -> None:
+        if self._wandb is not None:
+            self._wandb.log(values, step=step)
+
+    def start_wandb(self) -> None:
+        self._wandb = None
+        wcfg = self.cfg.get("wandb") or {}
+        if not wcfg.get("enabled") or self.rank != 0:
+            return
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("wandb.enabled is true but wandb is not installed (pip install aimnet2mult[wandb])") from None
+        init = dict(wcfg.get("init") or {})
+        init.setdefault("mode", "offline")
+        init.setdefault("dir", str(self.run_dir))
+        self._wandb = wandb.init(config=self.cfg, **init)
+
+    # ----------------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        from ignite.engine import Engine, Events
+
+        cfg = self.cfg
+        epochs = int(cfg["trainer"]["epochs"])
+        step = TrainStep(self.model, self.optimizer, self.loss_fn, self.device, cfg["trainer"].get("grad_clip"))
+        trainer = Engine(step)
+        self._epoch_losses: List[float] = []
+        self.last_metrics = None
+        self.start_wandb()
+        start_epoch = 0
+        if self.resume_ckpt is not None:
+            ts = self.resume_ckpt.get("training_state")
+            if not ts:
+                raise CheckpointError("--resume: the checkpoint holds no training state (use --load to start from "
+                                      "its weights instead)")
+            if not ts.get("epoch_complete", True):
+                log.warning("--resume: the checkpoint was written mid-epoch (interrupted); resuming after "
+                            "its last completed epoch %d", ts["epoch"] - 1)
+            self.optimizer.load_state_dict(ts["optimizer"])
+            if self.scheduler is not None and ts.get("scheduler") is not None:
+                self.scheduler.load_state_dict(ts["scheduler"])
+            set_rng_state(ts["rng"])
+            self.history, self.best = list(ts.get("history", [])), list(ts.get("best", []))
+            start_epoch = int(ts["epoch"]) if ts.get("epoch_complete", True) else int(ts["epoch"]) - 1
+            trainer.load_state_dict({"epoch": start_epoch, "max_epochs": epochs,
+                                     "epoch_length": len(self.train_loader)})
+            log.info("resumed from epoch %d (iteration %d)", start_epoch, start_epoch * len(self.train_loader))
+        if self.scheduler_mode == "iteration":
+            trainer.add_event_handler(Events.ITERATION_STARTED, self.scheduler)
+        elif self.scheduler_mode == "epoch":
+            trainer.add_event_handler(Events.EPOCH_COMPLETED, self.scheduler)
+
+        timer = {"t": time.perf_counter()}
+
+        @trainer.on(Events.GET_BATCH_STARTED)
+        def _batch_start(engine):
+            timer["get"] = time.perf_counter()
+
+        @trainer.on(Events.GET_BATCH_COMPLETED)
+        def _batch_done(engine):
+            self.data_wait += time.perf_counter() - timer["get"]
+
+        @trainer.on(Events.EPOCH_STARTED)
+        def _epoch_start(engine):
+            self._epoch_losses = []
+            timer["epoch"] = time.perf_counter()
+
+        @trainer.on(Events.ITERATION_COMPLETED)
+        def _record(engine):
+            self._epoch_losses.append(engine.state.output["loss"])
+
+        every = int(cfg["log_frequency"].get("train") or 0)
+        if every > 0:
+            @trainer.on(Events.ITERATION_COMPLETED(every=every))
+            def _log_train(engine):
+                log.info("train epoch %d iter %d: loss=%.4g", engine.state.epoch, engine.state.iteration,
+                         engine.state.output["loss"])
+                self.wandb_log({"train/loss": engine.state.output["loss"],
+                                **{f"lr_{i}": lr for i, lr in enumerate(current_lrs(self.optimizer))}},
+                               engine.state.iteration)
+
+        val_every = cfg["log_frequency"].get("val")
+        if val_every:
+            trainer.add_event_handler(Events.ITERATION_COMPLETED(every=int(val_every)), self.validate)
+        else:
+            trainer.add_event_handler(Events.EPOCH_COMPLETED, self.validate)
+
+        @trainer.on(Events.EPOCH_COMPLETED)
+        def _epoch_done(engine):
+            self.step_time += time.perf_counter() - timer["epoch"]
+            if self.val_loader is None:
+                mean = sum(self._epoch_losses) / max(len(self._epoch_losses), 1)
+                self.history.append({"epoch": engine.state.epoch, "iteration": engine.state.iteration,
+                                     "train_loss": mean, "lr": current_lrs(self.optimizer)[0]})
+                log.info("epoch %d: train loss %.4g", engine.state.epoch, mean)
+            self.save_last(engine)
+
+        if self.progress and self.rank == 0:
+            from ignite.handlers import ProgressBar
+
+            ProgressBar(persist=False).attach(trainer, output_transform=lambda out: {"loss": out["loss"]})
+
+        data = EpochData(self.train_loader, start_epoch)
+        previous = signal.getsignal(signal.SIGINT)
+        interrupted = {"flag": False}
+
+        def _on_sigint(signum, frame):
+            interrupted["flag"] = True
+            log.warning("SIGINT: stopping after the current iteration and saving the last checkpoint")
+            trainer.terminate()
+
+        if self.rank == 0:
+            signal.signal(signal.SIGINT, _on_sigint)
+        try:
+            if start_epoch < epochs:
+                trainer.run(data, max_epochs=epochs, epoch_length=len(self.train_loader))
+        finally:
+            if self.rank == 0:
+                signal.signal(signal.SIGINT, previous)
+        if interrupted["flag"]:
+            self.save_last(trainer)
+            log.warning("interrupted: last checkpoint %s", self.run_dir / "last.pt")
+            raise KeyboardInterrupt
+        return self.finish(trainer)
+
+    def finish(self, trainer) -> Path:
+        if self.rank == 0:
+            ckpt = self.checkpoint(trainer, final=True)
+            save_checkpoint(ckpt, self.save_path)
+            cfg_text = dump_config(dict(self.cfg, model_config=self.model_cfg))
+            atomic_write_text(self.save_path.with_name(f"{self.save_path.stem}_config.yaml"), cfg_text)
+            atomic_write_text(self.run_dir / "history.json", json.dumps(self.history, indent=1))
+            from .plots import learning_curves, parity_plots
+
+            if self.history:
+                learning_curves(self.history, self.run_dir / "learning_curves.png")
+            if self.val_loader is not None:
+                metrics = self.last_metrics or evaluate(self.model, self.val_loader, self.loss_fn, self.device)
+                names = {f["index"]: f["name"] for f in self.fidelities}
+                parity_plots(metrics.parity_data(), names, self.run_dir)
+            total = self.step_time or 1e-9
+            log.info("data loading waited %.1f%% of the training time", 100.0 * self.data_wait / total)
+            log.info("saved %s (run directory %s)", self.save_path, self.run_dir)
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self.world > 1:
+            self.check_ranks_agree()
+        return self.save_path
+
+    def check_ranks_agree(self) -> None:
+        """After DDP training every rank must hold the same weights: compare with rank 0."""
+        import torch.distributed as dist
+
+        flat = torch.cat([p.detach().flatten().double() for p in unwrap(self.model).parameters()]).cpu()
+        ref = flat.clone()
+        dist.broadcast(ref, src=0)
+        diff = torch.tensor([float((flat - ref).abs().max())])
+        dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+        if float(diff) == 0.0:
+            log.info("after training the %d ranks hold identical weights", self.world)
+        else:
+            log.error("ranks disagree after training: max weight difference %.3g", float(diff))
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def run_training(cfg: Dict[str, Any], save: str, model_yaml: Optional[str] = None, load: Optional[str] = None,
+                 resume: Optional[str] = None, progress: bool = True) -> Path:
+    return Trainer(cfg, save, model_yaml, load, resume, progress).run()
