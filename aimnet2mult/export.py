@@ -75,13 +75,45 @@ def resolve_dispersion(spec: Any, recorded: Optional[Dict[str, Any]]) -> Optiona
             params = d3bj_parameters(functional, atm=bool(spec.get("atm", False)))
         else:
             raise ValueError("a d3bj dispersion needs a functional name or all of s6, s8, a1, a2")
-        return {"method": "d3bj", "functional": functional, **params}
+        out = {"method": "d3bj", "functional": functional, **params}
+        # flat-layout cutoff (Å) and width of its smooth switch (Å); see aimnet2mult.nn.dispersion
+        for key in ("cutoff", "switch_width"):
+            if spec.get(key) is not None:
+                out[key] = float(spec[key])
+        return out
     raise ValueError(f"cannot interpret dispersion specification {spec!r}")
 
 
+def resolve_coulomb(spec: Any, recorded: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """Coulomb settings of a potential: 'recorded' -> the checkpoint's; None/'none' -> no Coulomb;
+    a method name ('simple', 'dsf', 'ewald') -> that method with the recorded parameters; a dict
+    -> the recorded settings updated by it. A model trained without Coulomb cannot get one."""
+    from .model_config import validate_coulomb
+
+    if isinstance(spec, str) and spec == RECORDED:
+        return copy.deepcopy(recorded)
+    if spec is None:
+        spec = "none"
+    if isinstance(spec, str):
+        spec = {"method": spec.lower()}
+    if not isinstance(spec, dict):
+        raise ValueError(f"cannot interpret Coulomb specification {spec!r} (a method name or a dict)")
+    base = dict(recorded) if recorded else {"method": "none"}
+    merged = {**base, **{k: v for k, v in spec.items()}}
+    validate_coulomb(merged, "coulomb")
+    if merged["method"] != "none" and base.get("method", "none") == "none":
+        raise ValueError("the model was trained without a Coulomb term (method 'none'): its network learned "
+                         "the electrostatics, so a Coulomb method cannot be added at export")
+    return merged
+
+
 def build_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int, str],
-                    dispersion: Any = RECORDED) -> Potential:
-    """In-memory potential of one fidelity (eval mode, not scripted)."""
+                    dispersion: Any = RECORDED, coulomb: Any = RECORDED) -> Potential:
+    """In-memory potential of one fidelity (eval mode, not scripted).
+
+    ``coulomb``: the Coulomb method and parameters (default: the checkpoint's model config), e.g.
+    ``"dsf"``, ``{"method": "ewald", "ewald_accuracy": 1e-8}`` or ``"none"``; see ``resolve_coulomb``.
+    """
     from .nn.dispersion import D3BJ
     from .nn.model import MultiFidelityAIMNet2
 
@@ -89,6 +121,7 @@ def build_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int,
         ckpt = load_checkpoint(ckpt)
     k = fidelity_index(ckpt, fidelity)
     cfg, state = single_fidelity_state(ckpt, k)
+    cfg["coulomb"] = resolve_coulomb(coulomb, cfg.get("coulomb"))
     model = MultiFidelityAIMNet2(cfg)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -105,13 +138,23 @@ def build_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int,
     modules = [] if disp is None else [D3BJ.from_params(disp)]
     pot = Potential(model, sae, supported, modules, k, entry["name"], SYMBOLS[:off] + [""] * max(0, off - len(SYMBOLS)))
     pot.eval()
-    pot.metadata = potential_metadata(ckpt, k, disp)  # plain attribute, not scripted
+    pot.metadata = potential_metadata(ckpt, k, disp, cfg.get("coulomb"))  # plain attribute, not scripted
     return pot
 
 
-def potential_metadata(ckpt: Dict[str, Any], k: int, disp: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def potential_metadata(ckpt: Dict[str, Any], k: int, disp: Optional[Dict[str, Any]],
+                       coulomb: Any = RECORDED) -> Dict[str, Any]:
+    from .model_config import coulomb_settings
+
     cfg = ckpt["model_config"]
     entry = ckpt["fidelities"][k]
+    if isinstance(coulomb, str) and coulomb == RECORDED:
+        coulomb = cfg.get("coulomb")
+    coul = coulomb_settings({"coulomb": coulomb})
+    if disp is not None:
+        disp = dict(disp)
+        disp.setdefault("cutoff", 15.0)
+        disp.setdefault("switch_width", 3.0)
     return {
         "format": POTENTIAL_FORMAT,
         "format_version": 1,
@@ -123,32 +166,48 @@ def potential_metadata(ckpt: Dict[str, Any], k: int, disp: Optional[Dict[str, An
         "elements": [int(z) for z in entry["elements"]],
         "element_symbols": [SYMBOLS[int(z)] for z in entry["elements"]],
         "cutoff": float(cfg["cutoff"]),
-        "coulomb": cfg.get("coulomb"),
+        "coulomb": coul if coul is not None else {"method": "none"},
         "open_shell": int(cfg["num_charge_channels"]) == 2,
         "shift_dtype": cfg["shift_dtype"],
         "dispersion": disp,
         "labels_include_dispersion": bool(entry.get("labels_include_dispersion", False)),
         "sae": {str(z): v for z, v in entry["sae"].items()},
-        "units": {"coord": "angstrom", "energy": "eV", "forces": "eV/angstrom", "charges": "e"},
-        "inputs": {"coord": "(B, N, 3) float, Å", "numbers": "(B, N) int, 0 = padding",
-                   "charge": "(B,) float, optional (0)", "mult": "(B,) float, optional (1)"},
+        "units": {"coord": "angstrom", "energy": "eV", "forces": "eV/angstrom", "charges": "e",
+                  "stress": "eV/angstrom^3"},
+        "layouts": ["dense", "flat"],
+        "inputs": {
+            "dense": {"coord": "(B, N, 3) float, Å", "numbers": "(B, N) int, 0 = padding",
+                      "charge": "(B,) float, optional (0)", "mult": "(B,) float, optional (1)"},
+            "flat": {"coord": "(N, 3) float, Å", "numbers": "(N,) int, atomic numbers >= 1",
+                     "charge": "() or (n_mol,) float, optional (0)", "mult": "() or (n_mol,) float, optional (1)",
+                     "mol_idx": "(N,) int, sorted molecule index 0..n_mol-1, optional (one molecule)",
+                     "cell": "(3, 3) float, Å, rows = lattice vectors, optional (periodic)",
+                     "pbc": "(3,) bool, optional (all True when 'cell' is given)",
+                     "nbmat, cell_shifts, pairs_lr, cell_shifts_lr": "optional cached neighbour lists "
+                     "(neighbor_lists() / aimnet2mult.nn.neighbors.VerletNeighborList)"},
+        },
         "outputs": ["energy", "forces", "charges", "dispersion_energy"]
-        + (["spin_charges"] if int(cfg["num_charge_channels"]) == 2 else []),
-        "requires_extensions": [],
+        + (["spin_charges"] if int(cfg["num_charge_channels"]) == 2 else [])
+        + ["stress (flat periodic input only, (3, 3) eV/Å^3, (1/V) dE/d(strain))"],
+        "neighbor_list": {"library": "vesin_torch", "short_range_cutoff": float(cfg["cutoff"]),
+                          "dispersion_cutoff": None if disp is None else disp["cutoff"],
+                          "dispersion_switch_width": None if disp is None else disp["switch_width"]},
+        "requires_extensions": ["vesin_torch"],
         "source": ckpt.get("source", {}),
     }
 
 
 def export_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int, str],
                      output: Union[str, Path], dispersion: Any = RECORDED,
-                     source_hash: Optional[str] = None) -> Path:
+                     source_hash: Optional[str] = None, coulomb: Any = RECORDED) -> Path:
     """Script and save the potential of one fidelity. ``output`` ending in ``.jpt`` is used as
-    given; otherwise it is a prefix and the file is ``{output}_fid{K}.jpt``. Written atomically."""
+    given; otherwise it is a prefix and the file is ``{output}_fid{K}.jpt``. Written atomically.
+    ``coulomb`` as in ``build_potential`` (default: the checkpoint's method)."""
     if not isinstance(ckpt, dict):
         source_hash = checkpoint_hash(ckpt)
         ckpt = load_checkpoint(ckpt)
     k = fidelity_index(ckpt, fidelity)
-    pot = build_potential(ckpt, k, dispersion)
+    pot = build_potential(ckpt, k, dispersion, coulomb)
     meta = dict(pot.metadata)
     del pot.metadata
     meta["source_checkpoint_sha256"] = source_hash
@@ -184,6 +243,12 @@ def load_potential(path: Union[str, Path], device: Union[str, torch.device] = "c
         raise ValueError(f"{path}: metadata format {meta.get('format')!r} is not {POTENTIAL_FORMAT!r}")
     for ext in meta.get("requires_extensions", []):
         __import__(ext)
-    module = torch.jit.load(str(path), map_location=device)
+    try:
+        module = torch.jit.load(str(path), map_location=device)
+    except RuntimeError as exc:
+        if "Unknown type name" in str(exc):
+            raise ValueError(f"{path}: the potential needs the extension(s) {meta.get('requires_extensions')} "
+                             f"(import them before torch.jit.load): {str(exc).splitlines()[0]}") from None
+        raise
     module.eval()
     return module, meta

@@ -78,15 +78,52 @@ def validate_model_config(cfg: Dict[str, Any], where: str = "model configuration
     need(isinstance(cfg["use_fidelity_readouts"], bool), "'use_fidelity_readouts' must be true or false")
     coul = cfg.get("coulomb")
     if coul is not None:
-        need(isinstance(coul, dict) and coul.get("method") in ("simple", "none"),
-             "'coulomb.method' must be 'simple' or 'none' (dsf/ewald arrive with the neighbour-list layout)")
-        if coul.get("method") == "simple":
-            need(float(coul.get("rc", 4.6)) > 0, "'coulomb.rc' must be positive")
+        validate_coulomb(coul, where)
     return cfg
 
 
+#: Coulomb settings and their defaults (Å, 1/Å); see aimnet2mult.nn.coulomb for the formulas
+COULOMB_DEFAULTS = {"method": "simple", "rc": 4.6, "dsf_alpha": 0.2, "dsf_rc": 15.0,
+                    "ewald_accuracy": 1e-8, "ewald_rc": None}
+COULOMB_METHODS = ("simple", "dsf", "ewald", "none")
+
+
+def validate_coulomb(coul: Any, where: str = "model configuration") -> None:
+    """Check a ``coulomb`` mapping: method simple|dsf|ewald|none and its parameters."""
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{where}: {msg}")
+
+    need(isinstance(coul, dict), "'coulomb' must be a mapping with a 'method' key")
+    need(coul.get("method") in COULOMB_METHODS,
+         f"'coulomb.method' must be one of {', '.join(COULOMB_METHODS)}, got {coul.get('method')!r}")
+    unknown = sorted(set(coul) - set(COULOMB_DEFAULTS))
+    need(not unknown, f"unknown 'coulomb' key(s) {unknown}; valid keys: {', '.join(COULOMB_DEFAULTS)}")
+
+    def number(key: str) -> float:
+        value = coul.get(key, COULOMB_DEFAULTS[key])
+        need(isinstance(value, (int, float)) and not isinstance(value, bool),
+             f"'coulomb.{key}' must be a number, got {value!r}")
+        return float(value)
+
+    rc = number("rc")
+    need(rc > 0, "'coulomb.rc' must be positive")
+    need(number("dsf_alpha") >= 0, "'coulomb.dsf_alpha' must be >= 0 (1/Å)")
+    need(number("dsf_rc") >= rc, "'coulomb.dsf_rc' must be at least 'coulomb.rc' (the short-range switch radius)")
+    acc = number("ewald_accuracy")
+    need(0 < acc < 1, "'coulomb.ewald_accuracy' must lie in (0, 1), e.g. 1e-8")
+    if coul.get("ewald_rc") is not None:
+        need(number("ewald_rc") >= rc, "'coulomb.ewald_rc' must be at least 'coulomb.rc' (or null = automatic)")
+
+
 def coulomb_settings(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Full Coulomb settings (defaults filled in; ewald_rc 0.0 = automatic) or None for 'none'."""
     coul = cfg.get("coulomb")
     if not coul or coul.get("method", "none") == "none":
         return None
-    return {"method": coul["method"], "rc": float(coul.get("rc", 4.6))}
+    out = dict(COULOMB_DEFAULTS)
+    out.update({k: v for k, v in coul.items() if v is not None})
+    for key in ("rc", "dsf_alpha", "dsf_rc", "ewald_accuracy"):
+        out[key] = float(out[key])
+    out["ewald_rc"] = float(out["ewald_rc"] or 0.0)
+    return out

@@ -1,19 +1,38 @@
-"""A self-contained potential for ONE fidelity: network + SAE + dispersion + forces.
+"""A self-contained potential for ONE fidelity: network + SAE + dispersion + forces (+ stress).
 
 ``Potential`` is what ships: standard atomic numbers in, total energy (residual network energy +
 Σ SAE + Coulomb + the fidelity's D3(BJ)) in float64 eV, forces by autograd inside the module, and
 clear errors for bad input. It is TorchScript-compatible; ``aimnet2mult.export`` saves it as a
-``.jpt`` with JSON metadata.
+``.jpt`` with JSON metadata. The layout is picked from the rank of ``coord``.
 
-Contract (dense layout)::
+Dense contract (padded batch of isolated molecules, all pairs)::
 
     out = potential({'coord': (B, N, 3) Å, 'numbers': (B, N) int (0 = padding),
                      'charge': (B,) e [optional, 0], 'mult': (B,) [optional, 1]})
     out['energy'] (B,) float64 eV, out['forces'] (B, N, 3) eV/Å, out['charges'] (B, N) e,
     out['spin_charges'] (B, N) for open-shell models, out['dispersion_energy'] (B,) float64 eV
+
+Flat contract (neighbour lists, O(N); large and periodic systems)::
+
+    out = potential({'coord': (N, 3) Å, 'numbers': (N,) int (all real atoms),
+                     'charge': () or (n_mol,) e [optional, 0], 'mult': () or (n_mol,) [optional, 1],
+                     'mol_idx': (N,) int, sorted 0..n_mol-1 [optional: one molecule],
+                     'cell': (3, 3) Å, rows = lattice vectors [optional], 'pbc': (3,) bool
+                     [optional; all True when a cell is given]})
+    out['energy'] (n_mol,) float64 eV, out['forces'] (N, 3), out['charges'] (N,),
+    out['dispersion_energy'] (n_mol,), out['spin_charges'] (N,) (open shell),
+    out['stress'] (3, 3) eV/Å³ for periodic input (σ = (1/V) ∂E/∂ε, the strain derivative,
+    ASE's sign convention) whenever the cell has a volume.
+
+A periodic input is one system (one molecule index). Neighbour lists are built inside the module
+with vesin-torch (``aimnet2mult.nn.neighbors``); an MD caller can pass cached Verlet lists
+(``nbmat``, ``cell_shifts``, ``pairs_lr``, ``cell_shifts_lr`` from
+``VerletNeighborList``/``neighbor_lists``) instead. ``set_coulomb`` switches the Coulomb method
+(simple | dsf | ewald | none) of a built or loaded potential.
 """
 
-from typing import Dict, List
+import math
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -21,9 +40,12 @@ from torch import Tensor, nn
 from .nn import nbops
 from .nn.geometry import min_real_distance
 from .nn.model import MultiFidelityAIMNet2
+from .nn.neighbors import build_neighbor_lists
 
 #: closer than this (Å), two atoms are taken to be at the same position: an input error
 MIN_DISTANCE = 0.1
+#: a periodic cutoff sphere reaching more periodic images than this means the cell is too small
+MAX_IMAGES = 50000
 
 
 class Potential(nn.Module):
@@ -32,6 +54,7 @@ class Potential(nn.Module):
     open_shell: bool
     symbols: List[str]
     min_distance: float
+    max_images: int
 
     def __init__(self, model: MultiFidelityAIMNet2, sae: Tensor, supported: Tensor,
                  dispersion: List[nn.Module], fidelity: int, fidelity_name: str, symbols: List[str]):
@@ -49,7 +72,21 @@ class Potential(nn.Module):
         self.open_shell = model.num_charge_channels == 2
         self.symbols = list(symbols)
         self.min_distance = MIN_DISTANCE
+        self.max_images = MAX_IMAGES
 
+    # ------------------------------------------------------------------------------ settings
+    @torch.jit.export
+    def set_coulomb(self, method: str, dsf_alpha: float = -1.0, dsf_rc: float = -1.0,
+                    ewald_accuracy: float = -1.0, ewald_rc: float = -1.0) -> None:
+        """Switch the Coulomb method (simple | dsf | ewald | none) at evaluation time; a negative
+        parameter keeps its value (``ewald_rc`` 0 = automatic)."""
+        self.model.coulomb.configure(method, dsf_alpha, dsf_rc, ewald_accuracy, ewald_rc)
+
+    @torch.jit.export
+    def coulomb_method(self) -> str:
+        return self.model.coulomb.method
+
+    # ------------------------------------------------------------------------------ validation
     def _element_list(self) -> str:
         names: List[str] = []
         for z in range(self.supported.shape[0]):
@@ -57,15 +94,30 @@ class Potential(nn.Module):
                 names.append(self.symbols[z] if z < len(self.symbols) else str(z))
         return ", ".join(names)
 
+    def _check_elements(self, numbers: Tensor) -> None:
+        if bool((numbers < 0).any()) or bool((numbers >= self.supported.shape[0]).any()):
+            raise ValueError("atomic numbers must lie in 0..{} (0 = padding)".format(self.supported.shape[0] - 1))
+        ok = self.supported[numbers.to(torch.long)] | (numbers == 0)
+        if not bool(ok.all()):
+            z = int(numbers[~ok][0])
+            name = self.symbols[z] if z < len(self.symbols) else str(z)
+            raise ValueError("element {} (Z={}) is not supported by fidelity {} ('{}'); supported elements: {}".format(
+                name, z, self.fidelity, self.fidelity_name, self._element_list()))
+
+    def _check_mult(self, mult: Tensor) -> None:
+        mult = mult.to(torch.float64)
+        if not self.open_shell and bool((mult != 1.0).any()):
+            bad = float(mult[mult != 1.0][0])
+            raise ValueError("this potential is closed-shell (no spin channel): 'mult' must be 1, got {}".format(bad))
+        if bool((mult < 1.0).any()) or bool((mult != torch.round(mult)).any()):
+            raise ValueError("'mult' must be a positive integer (2S+1)")
+
     def _validate(self, data: Dict[str, Tensor]) -> None:
-        for key in ["coord", "numbers"]:
-            if key not in data:
-                raise ValueError("input lacks '{}': the potential needs 'coord' (B, N, 3) in Å and "
-                                 "'numbers' (B, N)".format(key))
         coord = data["coord"]
         numbers = data["numbers"]
         if coord.dim() != 3 or coord.shape[-1] != 3:
-            raise ValueError("'coord' must have shape (B, N, 3) (Å), got {}".format(list(coord.shape)))
+            raise ValueError("'coord' must have shape (B, N, 3) (dense batch) or (N, 3) (flat / periodic "
+                             "system), in Å; got {}".format(list(coord.shape)))
         if not coord.is_floating_point():
             raise ValueError("'coord' must be a floating-point tensor, got {}".format(coord.dtype))
         if numbers.is_floating_point() or numbers.dtype == torch.bool:
@@ -82,25 +134,223 @@ class Potential(nn.Module):
                     raise ValueError("'{}' contains NaN or infinite values".format(key))
         if not bool(torch.isfinite(coord).all()):
             raise ValueError("'coord' contains NaN or infinite values")
-        if bool((numbers < 0).any()) or bool((numbers >= self.supported.shape[0]).any()):
-            raise ValueError("atomic numbers must lie in 0..{} (0 = padding)".format(self.supported.shape[0] - 1))
-        ok = self.supported[numbers.to(torch.long)] | (numbers == 0)
-        if not bool(ok.all()):
-            z = int(numbers[~ok][0])
-            name = self.symbols[z] if z < len(self.symbols) else str(z)
-            raise ValueError("element {} (Z={}) is not supported by fidelity {} ('{}'); supported elements: {}".format(
-                name, z, self.fidelity, self.fidelity_name, self._element_list()))
+        self._check_elements(numbers)
         if bool((numbers != 0).sum(1).eq(0).any()):
             raise ValueError("a molecule of the batch has no atoms (all numbers are 0)")
         if "mult" in data:
-            mult = data["mult"].to(torch.float64)
-            if not self.open_shell and bool((mult != 1.0).any()):
-                bad = float(mult[mult != 1.0][0])
-                raise ValueError("this potential is closed-shell (no spin channel): 'mult' must be 1, got {}".format(bad))
-            if bool((mult < 1.0).any()) or bool((mult != torch.round(mult)).any()):
-                raise ValueError("'mult' must be a positive integer (2S+1)")
+            self._check_mult(data["mult"])
 
+    def _per_molecule(self, data: Dict[str, Tensor], key: str, n_mol: int, default: float,
+                      dtype: torch.dtype, device: torch.device) -> Tensor:
+        if key not in data:
+            return torch.full((n_mol,), default, dtype=dtype, device=device)
+        value = data[key]
+        if value.dim() == 0 or (value.dim() == 1 and value.shape[0] == 1 and n_mol == 1):
+            value = value.reshape(1).expand(n_mol)
+        if value.shape != torch.Size([n_mol]):
+            raise ValueError("'{}' must be a scalar or have shape (n_mol,) = [{}], got {}".format(
+                key, n_mol, list(value.shape)))
+        if not bool(torch.isfinite(value.to(torch.float64)).all()):
+            raise ValueError("'{}' contains NaN or infinite values".format(key))
+        return value.to(dtype)
+
+    def _validate_flat(self, data: Dict[str, Tensor]) -> Tuple[Tensor, int]:
+        """Checks the flat input; returns (mol_idx (N,) int64, n_mol)."""
+        coord = data["coord"]
+        numbers = data["numbers"]
+        if not coord.is_floating_point():
+            raise ValueError("'coord' must be a floating-point tensor, got {}".format(coord.dtype))
+        if numbers.is_floating_point() or numbers.dtype == torch.bool:
+            raise ValueError("'numbers' must be an integer tensor, got {}".format(numbers.dtype))
+        n = coord.shape[0]
+        if numbers.shape != torch.Size([n]):
+            raise ValueError("flat input: 'numbers' must have shape (N,) = [{}] to match 'coord' (N, 3), got {}".format(
+                n, list(numbers.shape)))
+        if n == 0:
+            raise ValueError("the system has no atoms")
+        if not bool(torch.isfinite(coord).all()):
+            raise ValueError("'coord' contains NaN or infinite values")
+        if bool((numbers == 0).any()):
+            raise ValueError("flat input: 'numbers' must be atomic numbers >= 1 (no padding; use 'mol_idx' "
+                             "for several molecules)")
+        self._check_elements(numbers)
+        if "mol_idx" in data:
+            mol_idx = data["mol_idx"]
+            if mol_idx.is_floating_point() or mol_idx.dtype == torch.bool or mol_idx.shape != torch.Size([n]):
+                raise ValueError("'mol_idx' must be an integer tensor of shape (N,) = [{}]".format(n))
+            mol_idx = mol_idx.to(torch.long)
+            steps = mol_idx[1:] - mol_idx[:-1]
+            if int(mol_idx[0]) != 0 or bool(((steps != 0) & (steps != 1)).any()):
+                raise ValueError("'mol_idx' must be sorted molecule indices 0, 0, ..., 1, 1, ... (atoms of a "
+                                 "molecule contiguous, molecules numbered from 0 without gaps)")
+        else:
+            mol_idx = torch.zeros(n, dtype=torch.long, device=coord.device)
+        n_mol = int(mol_idx[-1]) + 1
+        return mol_idx, n_mol
+
+    def _periodicity(self, data: Dict[str, Tensor], n_mol: int, dtype: torch.dtype,
+                     device: torch.device) -> Tuple[Tensor, Tensor, bool]:
+        """(cell (3, 3) in dtype, pbc (3,) bool, periodic) of a flat input; zeros/False if isolated."""
+        has_cell = "cell" in data
+        pbc = torch.zeros(3, dtype=torch.bool, device=device)
+        if "pbc" in data:
+            p = data["pbc"]
+            if p.is_floating_point() or (p.dim() != 0 and p.shape != torch.Size([3])):
+                raise ValueError("'pbc' must be a bool tensor of shape (3,) (or a scalar bool)")
+            pbc = (p.reshape(-1) != 0).expand(3).to(device)
+            if bool(pbc.any()) and not has_cell:
+                raise ValueError("'pbc' marks a periodic direction but no 'cell' (3, 3) was given")
+        elif has_cell:
+            pbc = torch.ones(3, dtype=torch.bool, device=device)
+        periodic = bool(pbc.any())
+        cell = torch.zeros(3, 3, dtype=dtype, device=device)
+        if has_cell and periodic:
+            c = data["cell"]
+            if c.shape != torch.Size([3, 3]) or not c.is_floating_point():
+                raise ValueError("'cell' must be a floating-point (3, 3) tensor in Å (rows = lattice vectors), "
+                                 "got {} {}".format(list(c.shape), c.dtype))
+            if not bool(torch.isfinite(c).all()):
+                raise ValueError("'cell' contains NaN or infinite values")
+            cell = c.detach().to(dtype)
+            c64 = c.detach().to(torch.float64)
+            rows = c64[pbc]
+            gram = rows @ rows.transpose(0, 1)
+            norms = torch.linalg.norm(rows, dim=1)
+            rel = torch.sqrt(torch.clamp(torch.linalg.det(gram), min=0.0)) / torch.clamp(norms.prod(), min=1e-300)
+            if bool((norms < 1e-6).any()) or float(rel) < 1e-6:
+                raise ValueError("'cell' is singular (volume {:.3g} Å³): its periodic lattice vectors are zero "
+                                 "or linearly dependent; the rows of 'cell' must be three independent lattice "
+                                 "vectors in Å".format(float(torch.linalg.det(c64))))
+            if n_mol > 1:
+                raise ValueError("a periodic input is one system: 'mol_idx' must be all zeros (got {} "
+                                 "molecules)".format(n_mol))
+            if self.model.coulomb.method == "simple":
+                raise ValueError("Coulomb method 'simple' sums all pairs of an isolated molecule and cannot be "
+                                 "used for a periodic system: choose 'dsf' or 'ewald' (set_coulomb, or "
+                                 "coulomb=... at export)")
+            if self.model.coulomb.method == "ewald" and not bool(pbc.all()):
+                raise ValueError("Coulomb method 'ewald' needs a cell periodic in all three directions, got "
+                                 "pbc = [{}, {}, {}]; use 'dsf' for partially periodic systems".format(
+                                     bool(pbc[0]), bool(pbc[1]), bool(pbc[2])))
+        return cell, pbc, periodic
+
+    def _check_cell_size(self, cell: Tensor, pbc: Tensor, cutoff: float, what: str) -> None:
+        """Refuse cells so small that the cutoff sphere reaches an absurd number of images."""
+        c = cell.detach().to(torch.float64)
+        n_images = 1
+        for axis in range(3):
+            if bool(pbc[axis]):
+                # width = component of a_axis orthogonal to the other periodic lattice vectors
+                v = c[axis].clone()
+                basis: List[Tensor] = []
+                for other in range(3):
+                    if other != axis and bool(pbc[other]):
+                        u = c[other].clone()
+                        for e in basis:
+                            u = u - (u * e).sum() * e
+                        basis.append(u / torch.linalg.norm(u))
+                for e in basis:
+                    v = v - (v * e).sum() * e
+                width = float(torch.linalg.norm(v))
+                reach = int(math.ceil(cutoff / max(width, 1e-12)))
+                n_images = n_images * (2 * reach + 1)
+                if n_images > self.max_images:
+                    raise ValueError(
+                        "periodic cell too small for {}: the width along lattice vector {} is {:.3f} Å, so its "
+                        "{:.2f} Å cutoff reaches more than {} periodic images; use a larger (super)cell".format(
+                            what, axis, width, cutoff, self.max_images))
+
+    # ------------------------------------------------------------------------------ neighbour lists
+    def _long_range_cutoff(self, n_atoms: int, volume: float, periodic: bool) -> Tuple[float, str]:
+        """(cutoff, what): -1 = all pairs of each molecule, 0 = no long-range terms."""
+        cut = 0.0
+        what = "the network"
+        if self.model.coulomb.method != "none":
+            cut = self.model.coulomb.pair_cutoff(n_atoms, volume, periodic)
+            what = "Coulomb method '{}'".format(self.model.coulomb.method)
+        if cut >= 0.0:
+            for disp in self.dispersion:
+                if disp.cutoff > cut:
+                    cut = disp.cutoff
+                    what = "D3 dispersion"
+        return cut, what
+
+    def _lists(self, coord: Tensor, cell: Tensor, pbc: Tensor, periodic: bool, mol_idx: Tensor,
+               n_mol: int, skin: float) -> Dict[str, Tensor]:
+        n = coord.shape[0]
+        volume = 0.0
+        if periodic:
+            volume = abs(float(torch.linalg.det(cell.detach().to(torch.float64))))
+        sr = self.model.cutoff + skin
+        lr, what = self._long_range_cutoff(n, volume, periodic)
+        if lr > 0.0:
+            lr = lr + skin
+        if periodic:
+            if lr > sr:
+                self._check_cell_size(cell, pbc, lr, what)
+            else:
+                self._check_cell_size(cell, pbc, sr, "the network")
+        return build_neighbor_lists(coord, cell, pbc, mol_idx, n_mol, sr, lr)
+
+    @torch.jit.export
+    def neighbor_lists(self, coord: Tensor, cell: Optional[Tensor] = None, pbc: Optional[Tensor] = None,
+                       mol_idx: Optional[Tensor] = None, skin: float = 0.0) -> Dict[str, Tensor]:
+        """Neighbour lists of a flat system with every cutoff enlarged by ``skin`` Å (Verlet lists;
+        see ``aimnet2mult.nn.neighbors.VerletNeighborList``). Pass the result with the input."""
+        data: Dict[str, Tensor] = {"coord": coord,
+                                   "numbers": torch.ones(coord.shape[0], dtype=torch.long, device=coord.device)}
+        if cell is not None:
+            data["cell"] = cell
+        if pbc is not None:
+            data["pbc"] = pbc
+        if mol_idx is not None:
+            data["mol_idx"] = mol_idx
+        if coord.dim() != 2 or coord.shape[-1] != 3:
+            raise ValueError("neighbour lists are for flat input: 'coord' must be (N, 3)")
+        mol, n_mol = self._validate_flat(data)
+        dtype = self.model.backbone.embedding.weight.dtype
+        cell_t, pbc_t, periodic = self._periodicity(data, n_mol, dtype, coord.device)
+        return self._lists(coord.detach().to(dtype), cell_t, pbc_t, periodic, mol, n_mol, skin)
+
+    def _given_lists(self, data: Dict[str, Tensor], n: int, need_lr: bool) -> Dict[str, Tensor]:
+        """Neighbour lists passed with the input (e.g. Verlet lists), checked."""
+        out: Dict[str, Tensor] = {}
+        nbmat = data["nbmat"]
+        if nbmat.dim() != 2 or nbmat.shape[0] != n + 1 or nbmat.is_floating_point():
+            raise ValueError("'nbmat' must be an integer (N+1, M) neighbour matrix (N = {})".format(n))
+        if bool((nbmat < 0).any()) or bool((nbmat > n).any()):
+            raise ValueError("'nbmat' holds indices outside 0..N")
+        if "cell_shifts" not in data or data["cell_shifts"].shape != torch.Size([nbmat.shape[0], nbmat.shape[1], 3]):
+            raise ValueError("'nbmat' needs 'cell_shifts' of shape (N+1, M, 3)")
+        out["nbmat"] = nbmat.to(torch.long)
+        out["cell_shifts"] = data["cell_shifts"]
+        if "pairs_lr" in data:
+            pairs = data["pairs_lr"]
+            if pairs.dim() != 2 or pairs.shape[0] != 2 or pairs.is_floating_point():
+                raise ValueError("'pairs_lr' must be an integer (2, P) pair list")
+            if pairs.numel() > 0 and (bool((pairs < 0).any()) or bool((pairs >= n).any())):
+                raise ValueError("'pairs_lr' holds indices outside 0..N-1")
+            if "cell_shifts_lr" not in data or data["cell_shifts_lr"].shape != torch.Size([pairs.shape[1], 3]):
+                raise ValueError("'pairs_lr' needs 'cell_shifts_lr' of shape (P, 3)")
+            out["pairs_lr"] = pairs.to(torch.long)
+            out["cell_shifts_lr"] = data["cell_shifts_lr"]
+        elif need_lr:
+            raise ValueError("the input has 'nbmat' but no long-range list 'pairs_lr' (needed for Coulomb / "
+                             "dispersion): pass all lists from neighbor_lists()")
+        return out
+
+    # ------------------------------------------------------------------------------ forward
     def forward(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        for key in ["coord", "numbers"]:
+            if key not in data:
+                raise ValueError("input lacks '{}': the potential needs 'coord' ((B, N, 3) or (N, 3), Å) and "
+                                 "'numbers' ((B, N) or (N,))".format(key))
+        coord = data["coord"]
+        if coord.dim() == 2 and coord.shape[-1] == 3:
+            return self._forward_flat(data)
+        return self._forward_dense(data)
+
+    def _forward_dense(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
         self._validate(data)
         dtype = self.model.backbone.embedding.weight.dtype
         coord = data["coord"].detach().to(dtype)
@@ -143,4 +393,88 @@ class Potential(nn.Module):
         }
         if self.open_shell:
             result["spin_charges"] = out["spin_charges"].detach()
+        return result
+
+    def _forward_flat(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        mol_idx, n_mol = self._validate_flat(data)
+        dtype = self.model.backbone.embedding.weight.dtype
+        coord = data["coord"].detach().to(dtype)
+        device = coord.device
+        n = coord.shape[0]
+        numbers = data["numbers"].to(torch.long)
+        charge = self._per_molecule(data, "charge", n_mol, 0.0, dtype, device)
+        mult = self._per_molecule(data, "mult", n_mol, 1.0, dtype, device)
+        if "mult" in data:
+            self._check_mult(mult)
+        cell, pbc, periodic = self._periodicity(data, n_mol, dtype, device)
+        volume = 0.0
+        if periodic:
+            volume = abs(float(torch.linalg.det(cell.to(torch.float64))))
+        lr_cut, what = self._long_range_cutoff(n, volume, periodic)
+        if "nbmat" in data:
+            lists = self._given_lists(data, n, lr_cut != 0.0)
+        else:
+            lists = self._lists(coord, cell, pbc, periodic, mol_idx, n_mol, 0.0)
+
+        grad_was_enabled = torch.is_grad_enabled()
+        torch.set_grad_enabled(True)
+        coord.requires_grad_(True)
+        leaves = [coord]
+        pos = coord
+        cell_s = cell
+        if periodic:
+            # strain derivative: positions and cell deformed by (I + ε); σ = (1/V) ∂E/∂ε at ε = 0
+            strain = torch.zeros(3, 3, dtype=dtype, device=device)
+            strain.requires_grad_(True)
+            leaves.append(strain)
+            pos = coord + coord @ strain
+            cell_s = cell + cell @ strain
+        zero_i = torch.zeros(1, dtype=torch.long, device=device)
+        numbers_a = torch.cat([numbers, zero_i])
+        inp: Dict[str, Tensor] = {
+            "coord": torch.cat([pos, torch.zeros(1, 3, dtype=dtype, device=device)]),
+            "numbers": numbers_a,
+            "mol_idx": torch.cat([mol_idx, mol_idx[-1:]]),
+            "charge": charge,
+            "mult": mult,
+            "nbmat": lists["nbmat"],
+            "shifts": lists["cell_shifts"].to(dtype) @ cell_s,
+        }
+        lr_key = "nbmat"
+        if "pairs_lr" in lists:
+            inp["pairs_lr"] = lists["pairs_lr"]
+            inp["shifts_lr"] = lists["cell_shifts_lr"].to(dtype) @ cell_s
+            lr_key = "pairs_lr"
+        if periodic:
+            inp["cell"] = cell_s
+        out = self.model(inp)
+        energy = out["energy"] + nbops.mol_sum(self.sae[numbers_a], out)
+        e_disp = torch.zeros(n_mol, dtype=torch.float64, device=device)
+        for disp in self.dispersion:
+            if lr_key == "pairs_lr":
+                e_disp = e_disp + disp(numbers_a, out["d_ij_lr"], out["pair_mask_lr"], out, "pairs_lr")
+            else:
+                e_disp = e_disp + disp(numbers_a, out["d_ij"], out["pair_mask"], out, "nbmat")
+        energy = energy + e_disp
+        grads = torch.autograd.grad([energy.sum()], leaves, allow_unused=True)
+        torch.set_grad_enabled(grad_was_enabled)
+        if float(min_real_distance(out["d_ij"].detach(), out["pair_mask"])) < self.min_distance:
+            raise ValueError("two atoms are closer than {} Å (coincident atoms, or an atom and its periodic "
+                             "image): check the coordinates and the cell".format(self.min_distance))
+        forces = grads[0]
+        if forces is None:
+            forces = torch.zeros_like(coord)
+        result: Dict[str, Tensor] = {
+            "energy": energy.detach(),
+            "forces": -forces.detach(),
+            "charges": out["charges"][:n].detach(),
+            "dispersion_energy": e_disp.detach(),
+        }
+        if self.open_shell:
+            result["spin_charges"] = out["spin_charges"][:n].detach()
+        if periodic and volume > 1e-9:
+            g = grads[1]
+            if g is None:
+                g = torch.zeros(3, 3, dtype=dtype, device=device)
+            result["stress"] = g.detach() / volume
         return result

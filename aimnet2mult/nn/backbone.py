@@ -1,13 +1,13 @@
 """AIMNet2 backbone: element embedding, three message passes and neural charge equilibration."""
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import nbops
 from .basis import RadialBasis
-from .conv import ShellConvolution
+from .conv import ShellConvolution, flat_pair_basis
 from .mlp import make_mlp
 
 
@@ -65,6 +65,9 @@ class AIMNet2Backbone(nn.Module):
         ``data`` must hold ``d_ij``, ``u_ij`` (pair geometry) for the layout seam.
         """
         gs, gv = self.basis(data["d_ij"], data["u_ij"])
+        w: Optional[Tensor] = None
+        if not nbops.is_dense(data):
+            w = flat_pair_basis(gs, gv)
         mask = (numbers != 0).unsqueeze(-1)
         shape = list(numbers.shape) + [self.num_features, self.num_shells]
         a = self.embedding(numbers).view(shape)
@@ -73,10 +76,10 @@ class AIMNet2Backbone(nn.Module):
         aim = a.flatten(-2)
         n_pass = len(self.passes)
         for ipass, mlp in enumerate(self.passes):
-            feats = [a.flatten(-2), self.conv_atoms(a, gs, gv, data)]
+            feats = [a.flatten(-2), self.conv_atoms(a, gs, gv, data, w)]
             if ipass > 0:
                 qx = q.unsqueeze(-1).expand(list(q.shape) + [self.num_shells])
-                feats += [q, self.conv_charges(qx, gs, gv, data)]
+                feats += [q, self.conv_charges(qx, gs, gv, data, w)]
             out = mlp(torch.cat(feats, dim=-1)).masked_fill(~mask, 0.0)
             if ipass == n_pass - 1:
                 aim = out

@@ -40,6 +40,31 @@ def flat_pairs(coord: Tensor, nbmat: Tensor, fill: float, shifts: Tensor) -> Tup
     return d2.sqrt(), r_ij, pair_mask
 
 
+def pair_list_distances(coord: Tensor, pairs: Tensor, shifts: Tensor) -> Tensor:
+    """Distances of a half pair list.
+
+    coord: (A, 3) Å; pairs: (2, P) atom indices (i, j); shifts: (P, 3) Å Cartesian image shifts
+    added to x_j. Returns d_ij (P,) = |x_j - x_i + shift|. The list holds real pairs only (no
+    padding), so there is no mask; coincident atoms are caught by the short-range check.
+    """
+    r_ij = coord[pairs[1]] - coord[pairs[0]] + shifts
+    return (r_ij * r_ij).sum(-1).sqrt()
+
+
+def long_range_geometry(data: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Add ``d_ij_lr`` and ``pair_mask_lr`` for the long-range half pair list ``pairs_lr`` (flat
+    layout; ``shifts_lr`` (P, 3) Å optional, zero when absent)."""
+    pairs = data["pairs_lr"]
+    if "shifts_lr" in data:
+        shifts = data["shifts_lr"]
+    else:
+        shifts = torch.zeros(pairs.shape[1], 3, dtype=data["coord"].dtype, device=pairs.device)
+    d = pair_list_distances(data["coord"], pairs, shifts)
+    data["d_ij_lr"] = d
+    data["pair_mask_lr"] = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
+    return data
+
+
 def unit_vectors(r_ij: Tensor, d_ij: Tensor) -> Tensor:
     """u_ij = r_ij / d_ij (0 on self pairs, whose r is 0 and d the fill distance)."""
     return r_ij / d_ij.unsqueeze(-1)

