@@ -1,10 +1,12 @@
 """``aimnet2mult`` command line: subcommands for the model life cycle.
 
-    aimnet2mult compile --weights ck.pt --output prefix --fidelity-level 0 [...]
+    aimnet2mult compile --weights ck.pt --output prefix --fidelity-level 0 [--neighbor-list torch|vesin] [...]
     aimnet2mult import-aimnet2 aimnet2_wb97m-d3_ens.jpt --member 0 --output ck.pt
     aimnet2mult info FILE            (checkpoint or compiled potential)
     aimnet2mult train --config train.yaml --save model.pt [key=value ...]
     aimnet2mult sae DATA.h5 OUT.yaml
+    aimnet2mult md mol.xyz --model model.pt --fidelity 0 [--engine ase|openmm] [--steps N]
+    aimnet2mult evaluate DATA.h5 [...] --model model.pt --fidelity 0
 """
 
 import argparse
@@ -63,6 +65,18 @@ def _cmd_sae(args) -> int:
     return sae_main(args.sae_args)
 
 
+def _cmd_evaluate(args) -> int:
+    from .evaluate import run
+
+    return run(args)
+
+
+def _cmd_md(args) -> int:
+    from .md import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .tools.compile_jit import add_arguments
 
@@ -86,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sae", help="fit self-atomic energies of a dataset (DATA.h5 OUT.yaml)")
     p.add_argument("sae_args", nargs=argparse.REMAINDER, help="DATA.h5 OUT.yaml [--seed N]")
     p.set_defaults(func=_cmd_sae)
+    p = sub.add_parser("evaluate", help="errors of one fidelity against the labels of HDF5 datasets")
+    from .evaluate import add_arguments as add_evaluate_arguments
+
+    add_evaluate_arguments(p)
+    p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser("md", help="molecular dynamics of an XYZ/PDB structure (ASE or OpenMM)",
+                       description="Molecular dynamics of a structure file with one fidelity of a model; writes "
+                                   "PREFIX.xyz (trajectory), PREFIX_energy.csv and PREFIX_energy.png.")
+    from .md import add_arguments as add_md_arguments
+
+    add_md_arguments(p)
+    p.set_defaults(func=_cmd_md)
     p = sub.add_parser("info", help="describe a checkpoint or a compiled potential")
     p.add_argument("file")
     p.set_defaults(func=_cmd_info)

@@ -3,6 +3,12 @@
 The potential of fidelity K = shared backbone + embedding block K + readout K + SAE_K (float64)
 + the chosen D3(BJ). Metadata (JSON) travels inside the TorchScript file as the extra file
 ``metadata.json``; ``torch.jit.load(path)`` needs nothing from aimnet2mult.
+
+The flat-layout neighbour lists are built inside the file by the pure-TorchScript cell list by
+default (``neighbor_list="torch"``), so a plain ``torch.jit.load`` in any process loads it.
+``neighbor_list="vesin"`` uses vesin-torch instead; such a file loads only after
+``import vesin_torch`` (recorded in the metadata's ``requires_extensions``; ``load_potential``
+imports it).
 """
 
 import copy
@@ -108,14 +114,20 @@ def resolve_coulomb(spec: Any, recorded: Optional[Dict[str, Any]]) -> Optional[D
 
 
 def build_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int, str],
-                    dispersion: Any = RECORDED, coulomb: Any = RECORDED) -> Potential:
+                    dispersion: Any = RECORDED, coulomb: Any = RECORDED,
+                    neighbor_list: str = "torch") -> Potential:
     """In-memory potential of one fidelity (eval mode, not scripted).
 
     ``coulomb``: the Coulomb method and parameters (default: the checkpoint's model config), e.g.
     ``"dsf"``, ``{"method": "ewald", "ewald_accuracy": 1e-8}`` or ``"none"``; see ``resolve_coulomb``.
+    ``neighbor_list``: builder of the flat-layout neighbour lists, ``"torch"`` (pure TorchScript
+    cell list, default) or ``"vesin"`` (vesin-torch; exported files then need ``import vesin_torch``).
     """
     from .nn.dispersion import D3BJ
     from .nn.model import MultiFidelityAIMNet2
+    from .nn.neighbors import make_neighbor_list
+
+    nblist = make_neighbor_list(neighbor_list)
 
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
@@ -136,14 +148,16 @@ def build_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int,
     supported[[int(z) for z in entry["elements"]]] = True
     disp = resolve_dispersion(dispersion, entry.get("dispersion"))
     modules = [] if disp is None else [D3BJ.from_params(disp)]
-    pot = Potential(model, sae, supported, modules, k, entry["name"], SYMBOLS[:off] + [""] * max(0, off - len(SYMBOLS)))
+    pot = Potential(model, sae, supported, modules, k, entry["name"], SYMBOLS[:off] + [""] * max(0, off - len(SYMBOLS)),
+                    neighbor_list=nblist)
     pot.eval()
-    pot.metadata = potential_metadata(ckpt, k, disp, cfg.get("coulomb"))  # plain attribute, not scripted
+    pot.metadata = potential_metadata(ckpt, k, disp, cfg.get("coulomb"),  # plain attribute, not scripted
+                                      neighbor_library=nblist.library)
     return pot
 
 
 def potential_metadata(ckpt: Dict[str, Any], k: int, disp: Optional[Dict[str, Any]],
-                       coulomb: Any = RECORDED) -> Dict[str, Any]:
+                       coulomb: Any = RECORDED, neighbor_library: str = "torch") -> Dict[str, Any]:
     from .model_config import coulomb_settings
 
     cfg = ckpt["model_config"]
@@ -189,25 +203,31 @@ def potential_metadata(ckpt: Dict[str, Any], k: int, disp: Optional[Dict[str, An
         "outputs": ["energy", "forces", "charges", "dispersion_energy"]
         + (["spin_charges"] if int(cfg["num_charge_channels"]) == 2 else [])
         + ["stress (flat periodic input only, (3, 3) eV/Å^3, (1/V) dE/d(strain))"],
-        "neighbor_list": {"library": "vesin_torch", "short_range_cutoff": float(cfg["cutoff"]),
+        "neighbor_list": {"library": neighbor_library,
+                          "implementation": ("aimnet2mult.nn.neighbors.TorchCellList (pure TorchScript cell list)"
+                                             if neighbor_library == "torch"
+                                             else "aimnet2mult.nn.neighbors_vesin.VesinNeighbors (vesin-torch)"),
+                          "short_range_cutoff": float(cfg["cutoff"]),
                           "dispersion_cutoff": None if disp is None else disp["cutoff"],
                           "dispersion_switch_width": None if disp is None else disp["switch_width"]},
-        "requires_extensions": ["vesin_torch"],
+        "requires_extensions": [] if neighbor_library == "torch" else [neighbor_library],
         "source": ckpt.get("source", {}),
     }
 
 
 def export_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int, str],
                      output: Union[str, Path], dispersion: Any = RECORDED,
-                     source_hash: Optional[str] = None, coulomb: Any = RECORDED) -> Path:
+                     source_hash: Optional[str] = None, coulomb: Any = RECORDED,
+                     neighbor_list: str = "torch") -> Path:
     """Script and save the potential of one fidelity. ``output`` ending in ``.jpt`` is used as
     given; otherwise it is a prefix and the file is ``{output}_fid{K}.jpt``. Written atomically.
-    ``coulomb`` as in ``build_potential`` (default: the checkpoint's method)."""
+    ``coulomb`` and ``neighbor_list`` (``"torch"``, default: loads with a plain
+    ``torch.jit.load``; ``"vesin"``: needs ``import vesin_torch`` first) as in ``build_potential``."""
     if not isinstance(ckpt, dict):
         source_hash = checkpoint_hash(ckpt)
         ckpt = load_checkpoint(ckpt)
     k = fidelity_index(ckpt, fidelity)
-    pot = build_potential(ckpt, k, dispersion, coulomb)
+    pot = build_potential(ckpt, k, dispersion, coulomb, neighbor_list)
     meta = dict(pot.metadata)
     del pot.metadata
     meta["source_checkpoint_sha256"] = source_hash

@@ -12,7 +12,8 @@ Engines: ``ase`` (the ``AIMNet2Mult`` calculator; Langevin for NVT, velocity Ver
 ``openmm`` (openmm-torch ``TorchForce`` or ``PythonForce``; ``LangevinMiddleIntegrator`` for NVT,
 ``VerletIntegrator`` for NVE). The structure's cell and PBC (extended XYZ ``Lattice``, PDB
 ``CRYST1``) make the run periodic. Charge and multiplicity: the command line, else the file's
-``charge``/``mult`` info, else 0 and 1.
+``charge``/``mult`` info, else 0 and 1. Periodic systems use a periodic Coulomb method:
+``--coulomb auto`` (default: 'dsf' unless the model's own method is periodic) or ``ewald``/``dsf``.
 """
 
 import argparse
@@ -49,7 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--platform", help="OpenMM platform (default: fastest available)")
     parser.add_argument("--openmm-force", choices=["torch", "python"], default="torch",
                         help="OpenMM force: openmm-torch TorchForce (default) or PythonForce")
+    parser.add_argument("--coulomb", choices=["auto", "simple", "dsf", "ewald", "none"], default="auto",
+                        help="Coulomb method (default auto: the model's own for molecules, 'dsf' for periodic "
+                             "systems unless the model's method is periodic)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-plot", action="store_true", help="no energy plot (PNG; needs matplotlib)")
 
 
 def _progress(total: int, disable: bool):
@@ -103,7 +108,8 @@ def run_ase(atoms, source, fidelity, charge, mult, args, traj_path: Path) -> Lis
 
     from .calculators import AIMNet2Mult
 
-    atoms.calc = AIMNet2Mult(source, fidelity=fidelity, charge=charge, mult=mult)
+    atoms.calc = AIMNet2Mult(source, fidelity=fidelity, charge=charge, mult=mult,
+                             coulomb=getattr(args, "coulomb", "auto"))
     rng = np.random.default_rng(args.seed)
     thermalize(atoms, args.temperature, rng)
     if args.ensemble == "nvt":
@@ -182,12 +188,13 @@ def run_openmm(atoms, source, fidelity, charge, mult, args, traj_path: Path) -> 
     if args.openmm_force == "torch":
         # built on the CPU: openmm-torch moves the module to the platform's device
         cpu_source = source if str(source.device) == "cpu" else ModelSource(source.path or source.checkpoint, "cpu")
-        force = create_torch_force(cpu_source, fidelity, topology=top, charge=charge, mult=mult)
+        force = create_torch_force(cpu_source, fidelity, topology=top, charge=charge, mult=mult,
+                                   coulomb=getattr(args, "coulomb", "auto"))
     else:
         from .openmm.pythonforce import create_python_force
 
         force = create_python_force(source.path or source.checkpoint, fidelity, topology=top, charge=charge,
-                                    mult=mult, device=args.device)
+                                    mult=mult, device=args.device, coulomb=getattr(args, "coulomb", "auto"))
     system.addForce(force)
     dt = args.timestep * unit.femtoseconds
     if args.ensemble == "nvt":
@@ -268,6 +275,11 @@ def run(args) -> int:
         raise FileNotFoundError(f"structure file not found: {inp}")
     if args.steps < 0 or args.interval < 1 or args.timestep <= 0:
         raise ValueError("--steps must be >= 0, --interval >= 1 and --timestep > 0")
+    if not getattr(args, "no_plot", False):
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # fail before the run, not after it
+            raise ValueError("the energy plot needs matplotlib: pip install matplotlib (or run with --no-plot)")
     atoms = read(str(inp))
     charge = args.charge if args.charge is not None else float(atoms.info.get("charge", 0))
     mult = args.mult if args.mult is not None else int(atoms.info.get("mult", atoms.info.get("spin", 1)))
@@ -276,23 +288,25 @@ def run(args) -> int:
     source = ModelSource(args.model, args.device)
     pot = source.potential(fidelity)
     pot.check_elements(atoms.numbers)
+    pot.coulomb_setting(bool(np.any(atoms.pbc)), getattr(args, "coulomb", "auto"))  # e.g. 'simple' with PBC
     prefix = Path(args.output) if args.output else inp.with_name(inp.stem + "_md")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     traj = prefix.with_name(prefix.name + ".xyz")
     engine = run_ase if args.engine == "ase" else run_openmm
     rows = engine(atoms, source, pot.fidelity if fidelity is None else fidelity, charge, mult, args, traj)
     log = write_log(rows, prefix.with_name(prefix.name + "_energy.csv"))
-    png = plot_energy(rows, prefix.with_name(prefix.name + "_energy.png"),
-                      f"{inp.name}: {args.engine} {args.ensemble.upper()}, fidelity {pot.fidelity} "
-                      f"'{pot.fidelity_name}'")
+    png = None if getattr(args, "no_plot", False) else plot_energy(
+        rows, prefix.with_name(prefix.name + "_energy.png"),
+        f"{inp.name}: {args.engine} {args.ensemble.upper()}, fidelity {pot.fidelity} '{pot.fidelity_name}'")
     drift = rows[-1]["etot_eV"] - rows[0]["etot_eV"]
+    written = ", ".join(str(f) for f in (traj, log, png) if f)
     print(f"{args.steps} steps of {args.timestep} fs ({args.engine}, {args.ensemble}); "
-          f"E_tot drift {drift * EV_TO_KJ_PER_MOL:+.4f} kJ/mol; wrote {traj}, {log}, {png}")
+          f"E_tot drift {drift * EV_TO_KJ_PER_MOL:+.4f} kJ/mol; wrote {written}")
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Stand-alone entry (``python -m aimnet2mult.md``) until the subcommand is wired into the CLI."""
+    """Stand-alone entry (``python -m aimnet2mult.md``); the same as ``aimnet2mult md``."""
     import sys
 
     parser = argparse.ArgumentParser(prog="aimnet2mult md", description=__doc__,

@@ -50,12 +50,44 @@ def model_config(source: Union[None, str, Path, Dict[str, Any]] = None,
             update = update["model"]
     else:
         update = dict(source or {})
+    if "lrcoulomb" in update:
+        if "coulomb" in update:
+            raise ConfigError(f"{where}: give either 'coulomb' or the seed's 'lrcoulomb' block, not both")
+        update = dict(update)
+        update["coulomb"] = coulomb_from_lrcoulomb(update.pop("lrcoulomb"), where)
     for key, value in list(update.items()) + list(overrides.items()):
         if key not in cfg:
             raise ConfigError(f"{where}: unknown model key '{key}'; valid keys: {', '.join(sorted(cfg))}")
         if value is not None:
             cfg[key] = copy.deepcopy(value)
     return validate_model_config(cfg, where)
+
+
+#: class names accepted in the seed's ``lrcoulomb`` block
+LRCOULOMB_CLASSES = ("aimnet2mult.modules.LRCoulomb", "aimnet2.modules.LRCoulomb", "LRCoulomb")
+
+
+def coulomb_from_lrcoulomb(block: Any, where: str) -> Dict[str, Any]:
+    """The seed's ``lrcoulomb: {class, kwargs: {key_in, key_out, method, rc, dsf_alpha, dsf_rc}}``
+    block as this package's ``coulomb`` mapping (Coulomb of the predicted charges added to the
+    energy)."""
+    if not isinstance(block, dict) or not isinstance(block.get("kwargs", {}), dict):
+        raise ConfigError(f"{where}: 'lrcoulomb' must be a mapping with 'class' and 'kwargs'")
+    cls = block.get("class", LRCOULOMB_CLASSES[0])
+    if cls not in LRCOULOMB_CLASSES:
+        raise ConfigError(f"{where}: 'lrcoulomb.class' {cls!r} is not supported; use {LRCOULOMB_CLASSES[0]}")
+    unknown = sorted(set(block) - {"class", "kwargs"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown 'lrcoulomb' key(s) {unknown}; valid keys: class, kwargs")
+    kwargs = dict(block.get("kwargs") or {})
+    for key, expected in (("key_in", "charges"), ("key_out", "energy")):
+        value = kwargs.pop(key, expected)
+        if value != expected:
+            raise ConfigError(f"{where}: 'lrcoulomb.kwargs.{key}' must be {expected!r}, got {value!r}")
+    coul = {"method": kwargs.pop("method", "simple")}
+    coul.update(kwargs)
+    validate_coulomb(coul, f"{where}: lrcoulomb.kwargs")
+    return coul
 
 
 def validate_model_config(cfg: Dict[str, Any], where: str = "model configuration") -> Dict[str, Any]:

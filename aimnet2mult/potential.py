@@ -25,7 +25,9 @@ Flat contract (neighbour lists, O(N); large and periodic systems)::
     ASE's sign convention) whenever the cell has a volume.
 
 A periodic input is one system (one molecule index). Neighbour lists are built inside the module
-with vesin-torch (``aimnet2mult.nn.neighbors``); an MD caller can pass cached Verlet lists
+by a swappable builder submodule (``aimnet2mult.nn.neighbors``): the pure-TorchScript cell list
+``TorchCellList`` by default (an exported file then needs nothing but torch), or vesin-torch
+(``VesinNeighbors``, ``export_potential(..., neighbor_list="vesin")``). An MD caller can pass cached Verlet lists
 (``nbmat``, ``cell_shifts``, ``pairs_lr``, ``cell_shifts_lr`` from
 ``VerletNeighborList``/``neighbor_lists``) instead. ``set_coulomb`` switches the Coulomb method
 (simple | dsf | ewald | none) of a built or loaded potential.
@@ -40,7 +42,7 @@ from torch import Tensor, nn
 from .nn import nbops
 from .nn.geometry import min_real_distance
 from .nn.model import MultiFidelityAIMNet2
-from .nn.neighbors import build_neighbor_lists
+from .nn.neighbors import TorchCellList
 
 #: closer than this (Å), two atoms are taken to be at the same position: an input error
 MIN_DISTANCE = 0.1
@@ -57,9 +59,11 @@ class Potential(nn.Module):
     max_images: int
 
     def __init__(self, model: MultiFidelityAIMNet2, sae: Tensor, supported: Tensor,
-                 dispersion: List[nn.Module], fidelity: int, fidelity_name: str, symbols: List[str]):
+                 dispersion: List[nn.Module], fidelity: int, fidelity_name: str, symbols: List[str],
+                 neighbor_list: Optional[nn.Module] = None):
         """model: single-fidelity network; sae: (offset,) float64 eV per element; supported:
-        (offset,) bool; dispersion: [] or [D3BJ]."""
+        (offset,) bool; dispersion: [] or [D3BJ]; neighbor_list: the flat-layout neighbour-list
+        builder (default ``TorchCellList``; see ``aimnet2mult.nn.neighbors.make_neighbor_list``)."""
         super().__init__()
         if model.num_fidelities != 1:
             raise ValueError("Potential wraps a single-fidelity network (see aimnet2mult.export)")
@@ -73,6 +77,7 @@ class Potential(nn.Module):
         self.symbols = list(symbols)
         self.min_distance = MIN_DISTANCE
         self.max_images = MAX_IMAGES
+        self.neighbor_list = neighbor_list if neighbor_list is not None else TorchCellList()
 
     # ------------------------------------------------------------------------------ settings
     @torch.jit.export
@@ -85,6 +90,11 @@ class Potential(nn.Module):
     @torch.jit.export
     def coulomb_method(self) -> str:
         return self.model.coulomb.method
+
+    @torch.jit.export
+    def neighbor_list_library(self) -> str:
+        """Which builder makes the flat-layout neighbour lists: 'torch' or 'vesin_torch'."""
+        return self.neighbor_list.library
 
     # ------------------------------------------------------------------------------ validation
     def _element_list(self) -> str:
@@ -290,7 +300,7 @@ class Potential(nn.Module):
                 self._check_cell_size(cell, pbc, lr, what)
             else:
                 self._check_cell_size(cell, pbc, sr, "the network")
-        return build_neighbor_lists(coord, cell, pbc, mol_idx, n_mol, sr, lr)
+        return self.neighbor_list(coord, cell, pbc, mol_idx, n_mol, sr, lr)
 
     @torch.jit.export
     def neighbor_lists(self, coord: Tensor, cell: Optional[Tensor] = None, pbc: Optional[Tensor] = None,

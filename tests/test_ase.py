@@ -207,8 +207,11 @@ def test_ensemble_mean_and_unbiased_std(models):
     assert atoms.calc.get_property("energy_std", atoms) > 0
 
 
-def test_bad_input_errors(models, tmp_path):
-    with pytest.raises(ValueError, match="default model"):
+def test_bad_input_errors(models, tmp_path, monkeypatch):
+    from aimnet2mult.calculators import runtime
+
+    monkeypatch.setattr(runtime, "DEFAULT_MODEL_DIR", tmp_path / "no_models")
+    with pytest.raises(ValueError, match="ships no default model.*model=PATH"):
         AIMNet2Mult()
     with pytest.raises(CheckpointError, match=r"0 \('level0'\), 1 \('level1'\)"):
         AIMNet2Mult(models["pt"])
@@ -249,6 +252,18 @@ def test_bad_input_errors(models, tmp_path):
     box.calc = AIMNet2Mult(models["pt"], fidelity=0)
     with pytest.raises(ValueError, match="cell too small for the cutoff"):
         box.get_potential_energy()
+    # Coulomb method: unknown name, bad parameter, 'simple' for a periodic system
+    with pytest.raises(ValueError, match="unknown Coulomb method 'pme'"):
+        AIMNet2Mult(models["pt"], fidelity=0, coulomb="pme")
+    with pytest.raises(ValueError, match="unknown Coulomb parameter"):
+        AIMNet2Mult(models["pt"], fidelity=0, coulomb={"method": "dsf", "cutoff": 9.0})
+    periodic = water_box()
+    periodic.calc = AIMNet2Mult(models["jpt"], coulomb="simple")
+    with pytest.raises(ValueError, match="'simple'.*cannot be used for a periodic system"):
+        periodic.get_potential_energy()
+    periodic.calc = AIMNet2Mult(models["jpt"], coulomb={"method": "dsf", "dsf_rc": 2.0})
+    with pytest.raises(ValueError, match="dsf_rc"):
+        periodic.get_potential_energy()
 
 
 def water_box():
@@ -263,19 +278,82 @@ def water_box():
     return atoms
 
 
+def flat_energy(potential, atoms):
+    """Independent reference: the bare potential module on the flat periodic input."""
+    out = potential({"coord": torch.tensor(atoms.positions), "numbers": torch.tensor(atoms.numbers),
+                     "cell": torch.tensor(np.asarray(atoms.cell)), "pbc": torch.tensor(atoms.pbc)})
+    return float(out["energy"].sum()), out["forces"].detach().double().numpy()
+
+
 @needs_periodic
-def test_periodic_stress_equals_numerical_stress(models):
+@pytest.mark.parametrize("coulomb", ["auto", "ewald"])
+def test_periodic_stress_equals_numerical_stress(models, coulomb):
+    """The model's Coulomb method is 'simple' (isolated molecules): the calculator switches to 'dsf'
+    for the periodic box by itself ('auto'), or uses the Ewald sum when asked."""
     atoms = water_box()
-    atoms.calc = AIMNet2Mult(build_potential(models["ckpt"], 0).double())
+    atoms.calc = AIMNet2Mult(build_potential(models["ckpt"], 0).double(), coulomb=coulomb)
     stress = atoms.get_stress()
     assert stress.shape == (6,)
     np.testing.assert_allclose(stress, calculate_numerical_stress(atoms, eps=1e-5), atol=1e-6)
     np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, eps=1e-4), atol=1e-6)
+    # the energy is that of the potential exported with that Coulomb method
+    method = "dsf" if coulomb == "auto" else coulomb
+    e_ref, f_ref = flat_energy(build_potential(models["ckpt"], 0, coulomb=method).double(), atoms)
+    assert atoms.get_potential_energy() == pytest.approx(e_ref, abs=1e-9)
+    np.testing.assert_allclose(atoms.get_forces(), f_ref, atol=1e-9)
     # a whole-molecule translation by a lattice vector changes nothing
     shifted = atoms.copy()
     shifted.positions[:3] += atoms.cell[0]
-    shifted.calc = AIMNet2Mult(build_potential(models["ckpt"], 0).double())
+    shifted.calc = AIMNet2Mult(build_potential(models["ckpt"], 0).double(), coulomb=coulomb)
     assert shifted.get_potential_energy() == pytest.approx(atoms.get_potential_energy(), abs=1e-8)
+
+
+@needs_periodic
+def test_periodic_coulomb_methods_and_molecules_in_turn(models):
+    """One calculator: molecule (model's 'simple'), periodic box ('dsf'), molecule again; DSF ~ Ewald
+    for a neutral cell; explicit methods and parameters reach the potential."""
+    calc = AIMNet2Mult(models["jpt"])
+    mol = ethanol()
+    mol.info["charge"] = 1  # an ion: its Coulomb energy differs a lot between 'simple' and 'dsf'
+    mol.calc = calc
+    e_mol = mol.get_potential_energy()
+    simple = build_potential(models["ckpt"], 1)
+    out = simple({"coord": torch.tensor(mol.positions[None]), "numbers": torch.tensor(mol.numbers[None]),
+                  "charge": torch.tensor([1.0])})
+    assert e_mol == pytest.approx(float(out["energy"][0]), rel=1e-9)
+    box = water_box()
+    box.calc = calc
+    e_box = box.get_potential_energy()
+    assert e_box == pytest.approx(flat_energy(build_potential(models["ckpt"], 1, coulomb="dsf"), box)[0], rel=1e-9)
+    assert mol.get_potential_energy() == pytest.approx(e_mol, rel=1e-12)  # back to 'simple'
+    dsf_mol = ethanol()
+    dsf_mol.info["charge"] = 1
+    dsf_mol.calc = AIMNet2Mult(models["jpt"], coulomb="dsf")
+    assert abs(dsf_mol.get_potential_energy() - e_mol) > 0.1
+    # explicit methods / parameters on the periodic box
+    energies = {}
+    for name, spec in {"ewald": "ewald", "ewald_tight": {"method": "ewald", "ewald_accuracy": 1e-10},
+                       "dsf_wide": {"method": "dsf", "dsf_rc": 25.0}}.items():
+        box.calc = AIMNet2Mult(models["jpt"], coulomb=spec)
+        energies[name] = box.get_potential_energy()
+    assert energies["ewald_tight"] == pytest.approx(energies["ewald"], abs=1e-6)
+    assert abs(energies["dsf_wide"] - e_box) > 1e-8  # the parameter arrived
+    for name in ("ewald", "dsf_wide"):  # neutral cell: damped shifted force approximates Ewald
+        assert abs(energies[name] - e_box) < 5e-3, energies
+    assert calc.sources[0].potential().coulomb_method == "simple"
+
+
+@needs_periodic
+def test_model_without_coulomb_has_nothing_to_switch():
+    ckpt, _ = small_checkpoint(1, coulomb={"method": "none"})
+    box = water_box()
+    box.calc = AIMNet2Mult(ckpt)
+    e, f = flat_energy(build_potential(ckpt, 0), box)
+    assert box.get_potential_energy() == pytest.approx(e, rel=1e-9)
+    np.testing.assert_allclose(box.get_forces(), f, atol=1e-6)
+    assert box.get_stress().shape == (6,)
+    with pytest.raises(ValueError, match="no Coulomb term"):
+        AIMNet2Mult(ckpt, coulomb="ewald")
 
 
 @needs_periodic
@@ -286,6 +364,68 @@ def test_flat_layout_equals_dense(models):
     atoms.calc = AIMNet2Mult(models["pt"], fidelity=0, dense_max_atoms=0)
     assert atoms.get_potential_energy() == pytest.approx(e, rel=1e-6)
     np.testing.assert_allclose(atoms.get_forces(), f, atol=1e-4)
+
+
+DEFAULT_FIDELITIES = ["b3lyp/6-31g*", "gfn2-xtb", "gfn1-xtb"]
+
+
+def default_like_checkpoint():
+    """Shaped like the bundled default model: 3 fidelities, D3(BJ)-B3LYP recorded on fidelity 0."""
+    ckpt, _ = small_checkpoint(3, seed=11, dispersion=[{"method": "d3bj", "functional": "b3lyp"}, None, None])
+    for entry, name in zip(ckpt["fidelities"], DEFAULT_FIDELITIES):
+        entry["name"] = name
+    return ckpt
+
+
+def test_default_model_multi_fidelity(tmp_path, monkeypatch):
+    """model=None loads resources/models/default_model.pt; a fidelity must be chosen; fidelity 0
+    (with its recorded D3 dispersion) works end to end."""
+    from aimnet2mult.calculators import runtime
+
+    ckpt = default_like_checkpoint()
+    save_checkpoint(ckpt, tmp_path / "default_model.pt")
+    monkeypatch.setattr(runtime, "DEFAULT_MODEL_DIR", tmp_path)
+    assert runtime.default_model_path() == tmp_path / "default_model.pt"
+    with pytest.raises(CheckpointError, match=r"0 \('b3lyp/6-31g\*'\), 1 \('gfn2-xtb'\), 2 \('gfn1-xtb'\)"):
+        AIMNet2Mult()
+    atoms = ethanol()
+    atoms.calc = AIMNet2Mult(fidelity=0)
+    e0, f0 = atoms.get_potential_energy(), atoms.get_forces()
+    pot = build_potential(ckpt, 0)
+    out = pot({"coord": torch.tensor(atoms.positions[None]), "numbers": torch.tensor(atoms.numbers[None])})
+    assert e0 == pytest.approx(float(out["energy"][0]), rel=1e-9)
+    np.testing.assert_allclose(f0, out["forces"][0].double().numpy(), atol=1e-6)
+    assert float(out["dispersion_energy"][0]) < -1e-3  # the recorded D3(BJ) is part of fidelity 0
+    atoms.info["fidelity"] = "gfn2-xtb"
+    e1 = atoms.get_potential_energy()
+    assert abs(e1 - e0) > 1e-3
+    atoms.calc = AIMNet2Mult(fidelity="b3lyp/6-31g*")
+    assert atoms.get_potential_energy() == pytest.approx(e1, rel=1e-12)  # info['fidelity'] wins
+    del atoms.info["fidelity"]
+    atoms.calc = AIMNet2Mult(fidelity="b3lyp/6-31g*")
+    assert atoms.get_potential_energy() == pytest.approx(e0, rel=1e-12)
+
+
+def test_device_selection_and_layouts(models, monkeypatch):
+    from aimnet2mult.calculators import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.resolve_device(None) == torch.device("cuda")
+    assert runtime.resolve_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.resolve_device(None) == torch.device("cpu")
+    assert AIMNet2Mult(models["pt"], fidelity=0).device == torch.device("cpu")
+    # dense layout for small molecules, flat (neighbour lists) above dense_max_atoms and for PBC
+    calc = AIMNet2Mult(models["pt"], fidelity=0, dense_max_atoms=8)
+    pot = calc.sources[0].potential(0)
+    seen = []
+    original = pot.module.forward
+    monkeypatch.setattr(pot.module, "forward", lambda data: seen.append((data["coord"].dim(), "cell" in data))
+                        or original(data))
+    for atoms in (molecule("H2O"), ethanol(), water_box()):
+        atoms.calc = calc
+        atoms.get_potential_energy()
+    assert seen == [(3, False), (2, False), (2, True)]
 
 
 def test_nve_energy_conservation(wb97m_file, tmp_path):

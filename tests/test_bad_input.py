@@ -42,7 +42,18 @@ def test_coincident_atoms(pot):
 
 def test_wrong_shapes_and_dtypes(pot):
     data = water()
-    expect(pot, {"coord": data["coord"][0], "numbers": data["numbers"][0]}, r"'coord' must have shape \(B, N, 3\)")
+    # (N, 3) is the legal flat layout; genuinely wrong shapes name both accepted layouts
+    flat = pot({"coord": data["coord"][0], "numbers": data["numbers"][0]})
+    assert flat["energy"].shape == (1,) and flat["forces"].shape == (3, 3)
+    four = torch.cat([data["coord"], torch.zeros(1, 3, 1)], dim=-1)
+    expect(pot, {"coord": four, "numbers": data["numbers"]}, r"'coord' must have shape \(B, N, 3\) \(dense batch\) "
+           r"or \(N, 3\) \(flat / periodic system\), in Å; got \[1, 3, 4\]")
+    expect(pot, {"coord": data["coord"][0, :, :2], "numbers": data["numbers"][0]}, r"or \(N, 3\).*got \[3, 2\]")
+    expect(pot, {"coord": data["coord"][0], "numbers": data["numbers"]},
+           r"flat input: 'numbers' must have shape \(N,\) = \[3\] to match 'coord' \(N, 3\), got \[1, 3\]")
+    expect(pot, {"coord": data["coord"][0], "numbers": data["numbers"][0, :2]}, r"'numbers' must have shape \(N,\) = \[3\]")
+    expect(pot, {"coord": data["coord"][0], "numbers": data["numbers"][0].float()}, "'numbers' must be an integer tensor")
+    expect(pot, {"coord": data["coord"][0].long(), "numbers": data["numbers"][0]}, "'coord' must be a floating-point")
     expect(pot, {"coord": data["coord"], "numbers": data["numbers"].float()}, "'numbers' must be an integer tensor")
     expect(pot, {"coord": data["coord"].long(), "numbers": data["numbers"]}, "'coord' must be a floating-point")
     expect(pot, {"coord": data["coord"], "numbers": data["numbers"][:, :2]}, r"'numbers' must have shape \(B, N\)")

@@ -67,7 +67,14 @@ def test_example_runs(example_runs, script):
         rows = list(csv.DictReader(fh))
     assert len(rows) >= 3 and all(float(r["etot_eV"]) == float(r["etot_eV"]) for r in rows)
     if script == DEFAULT_MODEL_EXAMPLE:
-        assert (root / "cache" / "aimnet2_wb97m-d3_member0.pt").is_file()
+        from aimnet2mult.calculators import default_model_path
+
+        try:
+            default_model_path()
+        except ValueError:  # no bundled model: the official weights, converted once into the cache
+            assert (root / "cache" / "aimnet2_wb97m-d3_member0.pt").is_file()
+        else:
+            assert "using the bundled default model default_model.pt, fidelity 0" in stdout
         assert "drift" in stdout
 
 
@@ -126,3 +133,24 @@ def test_md_command_errors(tmp_path, xyz, wb97m_pt, capsys):
         md.run(md_args(tmp_path, tmp_path / "missing.xyz", model=wb97m_pt))
     assert md.main([str(xyz), "--model", str(two), "--fidelity", "7", "--steps", "1"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_examples_use_the_bundled_default_model(tmp_path, monkeypatch, capsys):
+    """Without --model the examples take the bundled default model (multi-fidelity: fidelity 0 unless
+    --fidelity is given); here a stand-in in a temporary directory."""
+    from aimnet2mult.calculators import runtime
+    from helpers import small_checkpoint
+
+    sys.path.insert(0, str(ROOT / "examples" / "md"))
+    try:
+        import _helpers
+    finally:
+        sys.path.pop(0)
+    ckpt, _ = small_checkpoint(3)
+    ckpt["fidelities"][0]["name"] = "b3lyp/6-31g*"
+    save_checkpoint(ckpt, tmp_path / "default_model.pt")
+    monkeypatch.setattr(runtime, "DEFAULT_MODEL_DIR", tmp_path)
+    assert _helpers.resolve_model(None) == (str(tmp_path / "default_model.pt"), 0)
+    assert "fidelity 0 ('b3lyp/6-31g*')" in capsys.readouterr().out
+    assert _helpers.resolve_model(None, "level2") == (str(tmp_path / "default_model.pt"), "level2")
+    assert _helpers.resolve_model("mine.pt", 1) == ("mine.pt", 1)

@@ -1,7 +1,6 @@
 """OpenMM integration: TorchForce, PythonForce and the OpenMM-ML plugin agree with ASE; ML/MM; NVE."""
 
 import copy
-import os
 import signal
 import subprocess
 import sys
@@ -221,12 +220,28 @@ def test_imports_are_cheap_and_plugin_registers():
             "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+    # the plugin module imports nothing heavy: openmmml still imports with torch and ase unavailable
+    code = ("import sys\n"
+            "sys.modules['torch'] = None\n"
+            "sys.modules['ase'] = None\n"
+            "from openmmml import MLPotential\n"
+            "assert 'aimnet2mult' in MLPotential._implFactories\n"
+            "print(sorted(m for m in sys.modules if m.startswith('aimnet2mult')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['aimnet2mult', 'aimnet2mult.openmm', 'aimnet2mult.openmm.mlpotential']"
 
 
-def test_plugin_reports_no_ml_long_range(wb97m):
+def test_plugin_reports_no_ml_long_range(wb97m, solvated):
+    """The ML region of a mixed system is evaluated as an isolated cluster: no ML long range. OpenMM-ML
+    takes the answer (no mlLongRange option needed or allowed for a periodic system)."""
     from openmmml import MLPotential
 
-    assert MLPotential("aimnet2mult", modelPath=str(wb97m["pt"]))._impl.getMLLongRange() is False
+    potential = MLPotential("aimnet2mult", modelPath=str(wb97m["pt"]))
+    assert potential._impl.getMLLongRange() is False
+    topology, _, mm, ml = solvated
+    with pytest.raises(ValueError, match="does not support the mlLongRange option"):
+        potential.createMixedSystem(topology, mm, ml, mlLongRange=True)
 
 
 def test_bad_input(wb97m, tmp_path):
@@ -335,6 +350,33 @@ def test_mlmm_interpolation_end_states(wb97m, solvated):
         potential.createMixedSystem(topology, mm, ml, interpolate=True, implementation="torch")
 
 
+def test_mlmm_charge_and_multiplicity(solvated, tmp_path):
+    """charge and multiplicity of the ML region reach the model (open-shell model), both implementations."""
+    from ase import Atoms
+    from openmmml import MLPotential
+
+    path = save_checkpoint(small_checkpoint(1, seed=3, num_charge_channels=2)[0], tmp_path / "open.pt")
+    topology, positions, mm, ml = solvated
+    pos = np.asarray(positions.value_in_unit(unit.nanometer))
+    numbers = [a.element.atomic_number for a in topology.atoms()][:len(ml)]
+    potential = MLPotential("aimnet2mult", modelPath=str(path))
+    energies = {}
+    for impl in ("python", "torch"):
+        for charge, mult in ((0, 1), (1, 2)):
+            mixed = potential.createMixedSystem(topology, mm, ml, forceGroup=1, charge=charge, multiplicity=mult,
+                                                implementation=impl)
+            ctx = openmm.Context(mixed, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"),
+                                 {"Threads": "1"})
+            ctx.setPositions(positions)
+            st = ctx.getState(getEnergy=True, groups={1})
+            atoms = Atoms(numbers=numbers, positions=pos[ml] * 10.0)
+            atoms.calc = AIMNet2Mult(path, charge=charge, mult=mult)
+            e_ref = atoms.get_potential_energy() * KJ
+            energies[impl, charge] = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+            assert energies[impl, charge] == pytest.approx(e_ref, rel=1e-6), (impl, charge, mult)
+    assert abs(energies["python", 1] - energies["python", 0]) > 1.0
+
+
 def test_mlmm_link_atom(wb97m):
     """ML region = the methyl group of methanol: the cap (a virtual H on C) is part of the ML atoms."""
     from openmmml import MLPotential
@@ -376,6 +418,9 @@ def periodic_supported() -> bool:
 @pytest.mark.skipif(not periodic_supported(), reason="pending: the flat/periodic Potential (coord (N,3), "
                     "cell, pbc) is not in aimnet2mult.potential yet")
 def test_periodic_torchforce_matches_ase(wb97m):
+    """A periodic box: the model's Coulomb method ('simple') is for molecules, so every path switches to
+    'dsf' by itself ('auto') or uses Ewald when asked; all agree with ASE, and the shared (cached)
+    potential keeps its own method for molecules."""
     atoms = molecule("H2O")
     other = molecule("H2O")
     other.translate([2.8, 0.5, 0.2])
@@ -383,15 +428,56 @@ def test_periodic_torchforce_matches_ase(wb97m):
     atoms.set_cell([10.5, 10.0, 11.0])
     atoms.pbc = True
     atoms.positions += 0.5  # some atoms near the boundary
-    atoms.calc = AIMNet2Mult(wb97m["pt"])
-    e_ref, f_ref = atoms.get_potential_energy() * KJ, atoms.get_forces() * KJ_NM
     top = openmm_topology(atoms)
-    for force in (create_torch_force(wb97m["pt"], 0, topology=top), create_python_force(wb97m["pt"], 0, topology=top)):
-        assert force.usesPeriodicBoundaryConditions()
-        system = system_with(force, atoms.get_masses())
-        system.setDefaultPeriodicBoxVectors(*top.getPeriodicBoxVectors())
-        e, f = evaluate(system, atoms.positions / 10.0, "CPU")
-        assert_agrees(e, f, e_ref, f_ref)
+    mol = acetone()
+    mol.calc = AIMNet2Mult(wb97m["pt"])
+    e_mol = mol.get_potential_energy()
+    for coulomb in ("auto", "ewald"):
+        atoms.calc = AIMNet2Mult(wb97m["pt"], coulomb=coulomb)
+        e_ref, f_ref = atoms.get_potential_energy() * KJ, atoms.get_forces() * KJ_NM
+        module, info = torch_force_module(wb97m["jpt"], 0, topology=top, coulomb=coulomb)
+        assert info["periodic"] and info["coulomb"] == ("dsf" if coulomb == "auto" else "ewald")
+        systems = {name: system_with(force, atoms.get_masses()) for name, force in (
+            ("torch", create_torch_force(wb97m["pt"], 0, topology=top, coulomb=coulomb)),
+            ("python", create_python_force(wb97m["pt"], 0, topology=top, coulomb=coulomb)))}
+        from openmmml import MLPotential
+
+        systems["openmmml"] = MLPotential("aimnet2mult", modelPath=str(wb97m["jpt"]), fidelity=0).createSystem(
+            top, coulomb=coulomb)
+        for name, system in systems.items():
+            assert system.getForce(0).usesPeriodicBoundaryConditions(), name
+            system.setDefaultPeriodicBoxVectors(*top.getPeriodicBoxVectors())
+            e, f = evaluate(system, atoms.positions / 10.0, "CPU")
+            assert_agrees(e, f, e_ref, f_ref)
+        mol.calc.reset()
+        assert mol.get_potential_energy() == pytest.approx(e_mol, rel=1e-12)  # still 'simple' for molecules
+    # the model's method really is 'simple': it refuses the box
+    for build in (torch_force_module, create_python_force):
+        with pytest.raises(ValueError, match="'simple'.*periodic"):
+            build(wb97m["pt"], 0, topology=top, coulomb="simple")
+
+
+def test_default_model_through_openmmml(tmp_path, monkeypatch):
+    """MLPotential('aimnet2mult', fidelity=0) without modelPath: the bundled default model (here a
+    stand-in with 3 fidelities); without a fidelity, an error listing them."""
+    from openmmml import MLPotential
+
+    from aimnet2mult.calculators import runtime
+
+    ckpt, _ = small_checkpoint(3, seed=11, dispersion=[{"method": "d3bj", "functional": "b3lyp"}, None, None])
+    for entry, name in zip(ckpt["fidelities"], ["b3lyp/6-31g*", "gfn2-xtb", "gfn1-xtb"]):
+        entry["name"] = name
+    save_checkpoint(ckpt, tmp_path / "default_model.pt")
+    monkeypatch.setattr(runtime, "DEFAULT_MODEL_DIR", tmp_path)
+    atoms = acetone()
+    top = openmm_topology(atoms)
+    with pytest.raises(CheckpointError, match=r"0 \('b3lyp/6-31g\*'\), 1 \('gfn2-xtb'\), 2 \('gfn1-xtb'\)"):
+        MLPotential("aimnet2mult").createSystem(top)
+    atoms.calc = AIMNet2Mult(tmp_path / "default_model.pt", fidelity=0)
+    e_ref, f_ref = atoms.get_potential_energy() * KJ, atoms.get_forces() * KJ_NM
+    for impl in ("python", "torch"):
+        system = MLPotential("aimnet2mult", fidelity=0).createSystem(top, implementation=impl)
+        assert_agrees(*evaluate(system, atoms.positions / 10.0), e_ref, f_ref)
 
 
 # ----------------------------------------------------------------------------------------- NVE

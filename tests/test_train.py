@@ -331,3 +331,17 @@ def test_torchrun_two_ranks_identical_weights(tmp_path):
     log_text = (tmp_path / "m_run" / "train.log").read_text()
     assert "2 ranks hold identical weights" in log_text
     load_checkpoint(tmp_path / "m.pt")
+
+
+def test_override_replaces_int_keyed_entry_of_config_file(tmp_path):
+    """YAML `0:` keys are ints, dotted overrides give '0': both must address the same entry."""
+    from aimnet2mult.train.config import load_train_config
+
+    cfg_file = tmp_path / "t.yaml"
+    cfg_file.write_text("data:\n  fidelity_datasets:\n    0: from_file0.h5\n    1: from_file1.h5\n"
+                        "  fidelity_weights:\n    0: 1.0\n    1: 0.5\n")
+    cfg = load_train_config([str(cfg_file)], ["data.fidelity_datasets.0=override0.h5", "data.fidelity_weights.1=2.0"])
+    assert sorted(cfg["data"]["fidelity_datasets"]) == [0, 1]
+    assert Path(cfg["data"]["fidelity_datasets"][0]).name == "override0.h5"
+    assert Path(cfg["data"]["fidelity_datasets"][1]).name == "from_file1.h5"
+    assert cfg["data"]["fidelity_weights"] == {0: 1.0, 1: 2.0}

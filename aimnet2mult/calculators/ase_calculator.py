@@ -18,15 +18,25 @@ Units are ASE's: Å, eV, e. Results per calculation:
 ``atoms.info['charge']``, ``atoms.info['mult']`` (alias ``'spin'``, the multiplicity 2S+1) and
 ``atoms.info['fidelity']`` take precedence over the keyword arguments; changing them invalidates
 cached results like a change of positions does.
+
+Periodic systems (any ``atoms.pbc``) are evaluated with neighbour lists and a periodic Coulomb
+method: ``coulomb='auto'`` (default) keeps the model's own method for molecules and uses damped
+shifted force ('dsf', 15 Å) for periodic systems unless the model's method is already periodic;
+``coulomb='ewald'`` (or a dict such as ``{'method': 'ewald', 'ewald_accuracy': 1e-8}``, or
+``{'method': 'dsf', 'dsf_rc': 12.0}``) selects the method for every system. A model trained without
+a Coulomb term has nothing to switch. See ``aimnet2mult.calculators.runtime``.
+
+The device defaults to CUDA when ``torch.cuda.is_available()``, else the CPU; inputs and results
+move between numpy and the device inside the calculator.
 """
 
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Union
 
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from .runtime import DENSE_MAX_ATOMS, ModelSource
+from .runtime import DENSE_MAX_ATOMS, ModelSource, coulomb_spec
 
 _MISSING = object()
 
@@ -43,15 +53,19 @@ class AIMNet2Mult(Calculator):
     device: torch device; default CUDA when available, else CPU.
     dense_max_atoms: non-periodic systems up to this size use the dense layout, larger ones the
         neighbour-list layout; periodic systems always use the neighbour-list layout.
+    coulomb: 'auto' (default), 'simple', 'dsf', 'ewald', 'none' or a dict with 'method' and
+        parameters (see the module docstring).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "charges", "dipole", "magmoms", "magmom",
                               "stress", "energy_std", "forces_std"]
-    default_parameters = {"charge": 0, "mult": 1, "fidelity": None}
+    default_parameters = {"charge": 0, "mult": 1, "fidelity": None, "coulomb": "auto"}
 
     def __init__(self, model: Any = None, fidelity: Union[int, str, None] = None, charge: float = 0,
-                 mult: int = 1, device: Any = None, dense_max_atoms: int = DENSE_MAX_ATOMS, **kwargs):
-        super().__init__(charge=charge, mult=mult, fidelity=fidelity, **kwargs)
+                 mult: int = 1, device: Any = None, dense_max_atoms: int = DENSE_MAX_ATOMS,
+                 coulomb: Any = "auto", **kwargs):
+        coulomb_spec(coulomb)  # a bad method or parameter fails here
+        super().__init__(charge=charge, mult=mult, fidelity=fidelity, coulomb=coulomb, **kwargs)
         models = list(model) if isinstance(model, (list, tuple)) else [model]
         if not models:
             raise ValueError("an ensemble needs at least one model")
@@ -59,7 +73,8 @@ class AIMNet2Mult(Calculator):
         self.dense_max_atoms = int(dense_max_atoms)
         # resolve the default fidelity now, so that a missing or unknown one fails at construction
         for src in self.sources:
-            src.potential(fidelity)
+            pot = src.potential(fidelity)
+            pot.coulomb_setting(False, coulomb)  # e.g. a Coulomb method for a model without one
 
     @property
     def device(self):
@@ -101,7 +116,8 @@ class AIMNet2Mult(Calculator):
             pot = src.potential(settings["fidelity"])
             runs.append(pot(atoms.positions, atoms.numbers, settings["charge"], settings["mult"],
                             cell=np.asarray(atoms.cell) if periodic else None,
-                            pbc=atoms.pbc if periodic else None, dense_max_atoms=self.dense_max_atoms))
+                            pbc=atoms.pbc if periodic else None, dense_max_atoms=self.dense_max_atoms,
+                            coulomb=self.parameters.get("coulomb", "auto")))
         if "magmoms" in properties or "magmom" in properties:
             if "spin_charges" not in runs[0]:
                 raise PropertyNotImplementedError("magnetic moments need an open-shell model (spin charges); "

@@ -15,6 +15,15 @@ A *model* is any of
 Layouts: a periodic system is always evaluated in the flat (neighbour-list) layout with its cell;
 a non-periodic one in the dense layout up to ``dense_max_atoms`` atoms (fast for molecules) and in
 the flat layout above (O(N)).
+
+Coulomb method (``coulomb=``, every consumer): ``None``/``'auto'`` (default) = the model's own method
+for isolated molecules, and for periodic systems the model's method if it is periodic ('dsf' or
+'ewald'), else :data:`PERIODIC_COULOMB_DEFAULT` ('dsf', damped shifted force, 15 Å cutoff). A
+method name ('simple', 'dsf', 'ewald', 'none') or a dict ``{'method': 'ewald', 'ewald_accuracy':
+1e-8, ...}`` (keys ``dsf_alpha``, ``dsf_rc``, ``ewald_accuracy``, ``ewald_rc``) forces that method for
+every system ('ewald' on an isolated molecule is its non-periodic limit, 'simple'; 'simple' on a
+periodic system is an error). A model trained without a Coulomb term ('none') has nothing to
+switch: it runs as trained, and asking it for a Coulomb method is an error.
 """
 
 import re
@@ -27,20 +36,30 @@ import numpy as np
 #: non-periodic systems up to this many atoms use the dense (all-pairs) layout
 DENSE_MAX_ATOMS = 256
 
-#: where a bundled default model would live (first existing file wins)
-_DEFAULT_MODEL_NAMES = ("default_model.jpt", "default_model.pt")
+#: Coulomb method for periodic systems when the model's own method is for isolated molecules only
+PERIODIC_COULOMB_DEFAULT = "dsf"
+COULOMB_METHODS = ("simple", "dsf", "ewald", "none")
+#: methods defined for periodic systems
+PERIODIC_COULOMB_METHODS = ("dsf", "ewald")
+_COULOMB_PARAMS = ("dsf_alpha", "dsf_rc", "ewald_accuracy", "ewald_rc")
+
+#: directory of the bundled default model (tests point it elsewhere)
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "resources" / "models"
+#: the bundled default model: a multi-fidelity training checkpoint (first existing file wins)
+_DEFAULT_MODEL_NAMES = ("default_model.pt", "default_model.jpt")
 
 
 def default_model_path() -> Path:
-    """Path of the bundled default model; a clear error while the package ships none."""
-    root = Path(__file__).resolve().parent.parent / "resources" / "models"
+    """Path of the bundled default model (``aimnet2mult/resources/models/default_model.pt``, a
+    multi-fidelity checkpoint: choose a fidelity); a clear error while the package ships none."""
+    root = Path(DEFAULT_MODEL_DIR)
     for name in _DEFAULT_MODEL_NAMES:
         if (root / name).is_file():
             return root / name
     raise ValueError(
-        "aimnet2mult does not ship a default model yet: pass model=PATH, either a training "
-        "checkpoint (.pt, with fidelity=INDEX or NAME) or a compiled potential (.jpt from "
-        "'aimnet2mult compile'). The official AIMNet2 wB97M-D3 weights can be converted with "
+        f"aimnet2mult ships no default model ({root / _DEFAULT_MODEL_NAMES[0]} is missing): pass "
+        "model=PATH, either a training checkpoint (.pt, with fidelity=INDEX or NAME) or a compiled "
+        "potential (.jpt from 'aimnet2mult compile'). The official AIMNet2 wB97M-D3 weights can be converted with "
         "'aimnet2mult import-aimnet2 aimnet2_wb97m-d3_ens.jpt --output model.pt'.")
 
 
@@ -67,6 +86,47 @@ def clean_error(exc: BaseException) -> str:
         text = match.group(1).strip()
     lines = [ln for ln in text.splitlines() if ln.strip() and not _TS_NOISE.match(ln)]
     return " ".join(ln.strip() for ln in lines) if lines else str(exc)
+
+
+def coulomb_spec(coulomb: Any) -> Optional[Dict[str, Any]]:
+    """Normalise a ``coulomb=`` argument: None/'auto' -> None (automatic); a method name -> {'method':
+    name}; a dict -> a checked copy (keys 'method' and ``dsf_alpha``, ``dsf_rc``, ``ewald_accuracy``,
+    ``ewald_rc``)."""
+    if coulomb is None or (isinstance(coulomb, str) and coulomb.strip().lower() == "auto"):
+        return None
+    if isinstance(coulomb, str):
+        coulomb = {"method": coulomb}
+    if not isinstance(coulomb, dict):
+        raise ValueError(f"coulomb must be None/'auto', a method name ({', '.join(COULOMB_METHODS)}) or a dict "
+                         f"with a 'method' key, not {coulomb!r}")
+    spec = dict(coulomb)
+    method = str(spec.get("method", "")).strip().lower()
+    if method not in COULOMB_METHODS:
+        raise ValueError(f"unknown Coulomb method {spec.get('method')!r}; choose one of "
+                         f"{', '.join(COULOMB_METHODS)} (or 'auto')")
+    spec["method"] = method
+    unknown = sorted(set(spec) - {"method", *_COULOMB_PARAMS})
+    if unknown:
+        raise ValueError(f"unknown Coulomb parameter(s) {unknown}; valid: {', '.join(_COULOMB_PARAMS)}")
+    for key in _COULOMB_PARAMS:
+        if key in spec:
+            if spec[key] is None and key == "ewald_rc":
+                spec[key] = 0.0  # automatic
+            if isinstance(spec[key], bool) or not isinstance(spec[key], (int, float)) or spec[key] < 0:
+                raise ValueError(f"Coulomb parameter {key} must be a non-negative number, got {spec[key]!r}")
+            spec[key] = float(spec[key])
+    return spec
+
+
+def set_module_coulomb(module, setting: Optional[Dict[str, Any]]) -> None:
+    """Configure the Coulomb term of a potential module (eager or TorchScript) from a full setting
+    (``LoadedPotential.coulomb_setting``); None leaves it alone."""
+    if setting is None:
+        return
+    if not hasattr(module, "set_coulomb"):
+        raise ValueError("this potential module has no set_coulomb(): its Coulomb method cannot be chosen")
+    module.set_coulomb(setting["method"], float(setting["dsf_alpha"]), float(setting["dsf_rc"]),
+                       float(setting["ewald_accuracy"]), float(setting["ewald_rc"]))
 
 
 def _is_potential_file(path: Path) -> bool:
@@ -104,6 +164,48 @@ class LoadedPotential:
         self.open_shell = bool(metadata.get("open_shell", getattr(module, "open_shell", False)))
         self.cutoff = float(metadata["cutoff"]) if "cutoff" in metadata else float(module.model.cutoff)
         self.elements = self._elements(module, metadata)
+        self.coulomb_method, self._coulomb_params = self._coulomb_state(module, metadata)
+        self._lock = threading.RLock()
+
+    @staticmethod
+    def _coulomb_state(module, metadata) -> Tuple[Optional[str], Dict[str, float]]:
+        """(the model's own Coulomb method as loaded, its parameters); method None if unknown."""
+        params = {"dsf_alpha": 0.2, "dsf_rc": 15.0, "ewald_accuracy": 1e-8, "ewald_rc": 0.0}
+        recorded = metadata.get("coulomb") if isinstance(metadata.get("coulomb"), dict) else {}
+        params.update({k: float(recorded[k] or 0.0) for k in _COULOMB_PARAMS if k in recorded})
+        method = recorded.get("method")
+        try:
+            method = str(module.coulomb_method())
+            params.update({k: float(v) for k, v in module.model.coulomb.settings().items() if k in _COULOMB_PARAMS})
+        except (AttributeError, RuntimeError):
+            pass
+        return method, params
+
+    def coulomb_setting(self, periodic: bool, coulomb: Any = None) -> Optional[Dict[str, Any]]:
+        """The full Coulomb setting (method + parameters) for a periodic or isolated system, or None
+        when there is nothing to choose (see the module docstring)."""
+        spec = coulomb_spec(coulomb)
+        own = self.coulomb_method
+        if own == "none":
+            if spec is not None and spec["method"] != "none":
+                raise ValueError(f"this potential has no Coulomb term (its model was trained with Coulomb method "
+                                 f"'none': the network learned the electrostatics), so coulomb={coulomb!r} cannot "
+                                 "be used; leave coulomb at 'auto'")
+            return None
+        if own is None:  # a module that does not say: leave it as it is
+            if spec is not None:
+                raise ValueError("this potential module does not expose its Coulomb method (no coulomb_method()); "
+                                 f"coulomb={coulomb!r} cannot be applied")
+            return None
+        setting = dict(self._coulomb_params)
+        if spec is None:
+            setting["method"] = own if (not periodic or own in PERIODIC_COULOMB_METHODS) else PERIODIC_COULOMB_DEFAULT
+        else:
+            setting.update(spec)
+        if periodic and setting["method"] == "simple":
+            raise ValueError("Coulomb method 'simple' sums all pairs of an isolated molecule and cannot be used for "
+                             "a periodic system: choose coulomb='dsf' or 'ewald' (or 'auto')")
+        return setting
 
     @staticmethod
     def _elements(module, metadata) -> List[int]:
@@ -142,8 +244,9 @@ class LoadedPotential:
 
     def __call__(self, positions, numbers, charge: float = 0.0, mult: float = 1.0,
                  cell: Optional[np.ndarray] = None, pbc: Optional[Sequence[bool]] = None,
-                 dense_max_atoms: int = DENSE_MAX_ATOMS) -> Dict[str, np.ndarray]:
-        """Evaluate one system. positions (N,3) Å, numbers (N,), cell (3,3) Å (rows) with pbc (3,).
+                 dense_max_atoms: int = DENSE_MAX_ATOMS, coulomb: Any = None) -> Dict[str, np.ndarray]:
+        """Evaluate one system. positions (N,3) Å, numbers (N,), cell (3,3) Å (rows) with pbc (3,);
+        ``coulomb`` as in the module docstring (default automatic).
 
         Returns numpy arrays: energy (float64 scalar, eV), forces (N,3) eV/Å, charges (N,),
         spin_charges (N,) for open-shell models, stress (3,3) eV/Å³ for periodic systems.
@@ -169,8 +272,11 @@ class LoadedPotential:
             inp.update(coord=coord.unsqueeze(0), numbers=z.unsqueeze(0))
         else:
             inp.update(coord=coord, numbers=z)
+        setting = self.coulomb_setting(periodic, coulomb)
         try:
-            out = self.module(inp)
+            with self._lock:  # the Coulomb method is module state, shared by all users of this potential
+                set_module_coulomb(self.module, setting)
+                out = self.module(inp)
         except (ValueError, RuntimeError, AssertionError, IndexError, torch.jit.Error) as exc:
             # a scripted potential raises torch.jit.Error, whose text carries the interpreter traceback
             raise ValueError(clean_error(exc)) from None

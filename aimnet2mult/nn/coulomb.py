@@ -186,7 +186,7 @@ class EwaldCoulomb(nn.Module):
         cell = data["cell"].to(torch.float64)
         volume = torch.abs(torch.linalg.det(cell))
         n_real = int((data["numbers"] != 0).sum())
-        params = self.parameters_for(n_real, float(volume))
+        params = self.parameters_for(n_real, float(volume.detach()))
         alpha, r_cut, k_cut = params[0], params[1], params[2]
 
         # real space (working dtype, float64 sums)

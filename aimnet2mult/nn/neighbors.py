@@ -1,4 +1,4 @@
-"""Neighbour lists for the flat layout (vesin-torch cell lists, O(N), periodic with cell shifts).
+"""Neighbour lists for the flat layout: O(N) cell lists, periodic with integer cell shifts.
 
 Two lists serve the network (see ``nbops``):
 
@@ -11,40 +11,44 @@ Two lists serve the network (see ``nbops``):
   Coulomb method it holds every pair of each molecule (no cutoff).
 
 Image shifts are integer multiples of the lattice vectors: the Cartesian shift of a pair is
-``cell_shifts @ cell`` and ``r_ij = x_j - x_i + shift`` (vesin's convention). Keeping them integer
-lets the potential rebuild the Cartesian shifts from a strained cell (stress) and lets a Verlet
-list built once be reused while atoms move and the cell stays the same.
+``cell_shifts @ cell`` and ``r_ij = x_j - x_i + shift``. Keeping them integer lets the potential
+rebuild the Cartesian shifts from a strained cell (stress) and lets a Verlet list built once be
+reused while atoms move and the cell stays the same. Pairs between atoms of different molecules
+(``mol_idx``) are never listed.
 
-Everything here except :class:`VerletNeighborList` is TorchScript-compatible. vesin-torch
-registers a TorchScript class: a saved module that uses it can be loaded only in a process that
-has ``import vesin_torch`` first (exported potentials record this as ``requires_extensions``).
+The builder is a swappable TorchScript submodule of the potential with one interface,
+``forward(coord, cell, pbc, mol_idx, n_mol, sr_cutoff, lr_cutoff) -> Dict[str, Tensor]``:
+
+* :class:`TorchCellList` (default; pure TorchScript, so an exported file needs nothing but torch):
+  a cell list in Cartesian bins of side ``cutoff / bins_per_cutoff``. Atoms are wrapped into the
+  cell along its periodic directions, and "ghost" images (atom + integer lattice shift) are added
+  wherever they can lie within the cutoff of a wrapped atom, so any cell shape (triclinic), cells
+  narrower than the cutoff (several images of an atom, an atom paired with its own images) and
+  partially periodic systems are exact: the pair set is that of a brute-force image sum. Bins
+  are found by sorting integer bin keys and binary search (no dense grid, so sparse systems cost
+  nothing); candidates are expanded in chunks of at most ``max_candidates`` so memory stays
+  bounded for long cutoffs on large systems. Distances are computed in float64.
+* :class:`aimnet2mult.nn.neighbors_vesin.VesinNeighbors`: the vesin-torch library. Its
+  TorchScript class must be registered before such a file is loaded (``import vesin_torch``);
+  exported potentials record that in ``requires_extensions``.
+
+:class:`VerletNeighborList` (plain Python, for MD callers) caches a potential's lists with a skin.
 """
 
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch import Tensor
-from vesin_torch import NeighborList
+from torch import Tensor, nn
 
-__all__ = ["vesin_pairs", "padded_neighbor_matrix", "all_pairs_half", "build_neighbor_lists",
-           "VerletNeighborList"]
+__all__ = ["TorchCellList", "cell_list_pairs", "padded_neighbor_matrix", "all_pairs_half", "half_list_mask",
+           "make_neighbor_list", "assemble_lists", "NEIGHBOR_LIST_LIBRARIES", "VerletNeighborList"]
 
-
-def vesin_pairs(coord: Tensor, cell: Tensor, pbc: Tensor, cutoff: float,
-                full_list: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """(i, j, S) of all pairs closer than ``cutoff`` (Å). coord (N, 3), cell (3, 3) (rows; ignored
-    in non-periodic directions), pbc (3,) bool. S (P, 3) int32 image shifts: r_ij = x_j - x_i + S·cell."""
-    nl = NeighborList(cutoff=cutoff, full_list=full_list)
-    res = nl.compute(points=coord.detach().to(torch.float64), box=cell.detach().to(torch.float64),
-                     periodic=pbc, quantities="ijS")
-    return res[0], res[1], res[2]
+#: names accepted by ``make_neighbor_list`` (and ``export_potential(neighbor_list=...)``)
+NEIGHBOR_LIST_LIBRARIES = ["torch", "vesin"]
 
 
-def same_molecule(i: Tensor, j: Tensor, s: Tensor, mol_idx: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    keep = mol_idx[i] == mol_idx[j]
-    return i[keep], j[keep], s[keep]
-
-
+# ---------------------------------------------------------------------------------- shared helpers
 def padded_neighbor_matrix(i: Tensor, j: Tensor, s: Tensor, n_atoms: int) -> Tuple[Tensor, Tensor]:
     """Full pair list -> (nbmat (N+1, M) int64 with empty slots = N, cell_shifts (N+1, M, 3))."""
     order = torch.argsort(i, stable=True)
@@ -66,7 +70,7 @@ def padded_neighbor_matrix(i: Tensor, j: Tensor, s: Tensor, n_atoms: int) -> Tup
 
 def all_pairs_half(mol_idx: Tensor, n_mol: int) -> Tuple[Tensor, Tensor]:
     """Every pair i < j of each molecule (isolated molecules, no cutoff): (pairs (2, P), zero shifts
-    (P, 3)). ``mol_idx`` (N,) must be sorted (atoms of a molecule contiguous)."""
+    (P, 3) int32). ``mol_idx`` (N,) must be sorted (atoms of a molecule contiguous)."""
     n = mol_idx.shape[0]
     dev = mol_idx.device
     counts = torch.bincount(mol_idx, minlength=n_mol)
@@ -80,34 +84,330 @@ def all_pairs_half(mol_idx: Tensor, n_mol: int) -> Tuple[Tensor, Tensor]:
     return pairs, torch.zeros((pairs.shape[1], 3), dtype=torch.int32, device=dev)
 
 
-def build_neighbor_lists(coord: Tensor, cell: Tensor, pbc: Tensor, mol_idx: Tensor, n_mol: int,
-                         sr_cutoff: float, lr_cutoff: float) -> Dict[str, Tensor]:
-    """Short- and long-range lists of one flat system (see the module docstring).
+def half_list_mask(i: Tensor, j: Tensor, s: Tensor) -> Tensor:
+    """True for the representative of each unordered pair {(i, j, s), (j, i, -s)} of a full list:
+    i < j, or i == j with the first non-zero component of s positive."""
+    s0 = s[:, 0]
+    s1 = s[:, 1]
+    s2 = s[:, 2]
+    positive = (s0 > 0) | ((s0 == 0) & ((s1 > 0) | ((s1 == 0) & (s2 > 0))))
+    return (i < j) | ((i == j) & positive)
 
-    coord (N, 3) Å; cell (3, 3) Å rows (zeros for isolated systems); pbc (3,) bool; mol_idx (N,)
-    sorted molecule index (pairs between different molecules are dropped); lr_cutoff: Å, -1 = all
-    pairs of each molecule, 0 = no long-range list. Returns ``nbmat``, ``cell_shifts`` and, unless
-    lr_cutoff == 0, ``pairs_lr``, ``cell_shifts_lr`` (integer shifts as int32).
+
+def _lattice_frame(cell: Tensor, pbc: Tensor) -> Tensor:
+    """(3, 3) float64 basis whose periodic rows are the cell's and whose non-periodic rows are
+    orthonormal vectors completing them (the cell's rows there are ignored)."""
+    dev = cell.device
+    basis = torch.zeros(3, 3, dtype=torch.float64, device=dev)
+    ortho: List[Tensor] = []
+    for a in range(3):
+        if bool(pbc[a]):
+            basis[a] = cell[a]
+            u = cell[a].clone()
+            for e in ortho:
+                u = u - (u * e).sum() * e
+            ortho.append(u / torch.linalg.norm(u))
+    eye = torch.eye(3, dtype=torch.float64, device=dev)
+    for a in range(3):
+        if not bool(pbc[a]):
+            best = eye[0]
+            best_norm = -1.0
+            for c in range(3):
+                u = eye[c].clone()
+                for e in ortho:
+                    u = u - (u * e).sum() * e
+                norm = float(torch.linalg.norm(u))
+                if norm > best_norm:
+                    best_norm = norm
+                    best = u
+            unit = best / best_norm
+            ortho.append(unit)
+            basis[a] = unit
+    return basis
+
+
+def _stencil(reach: int, bin_size: float, cutoff: float, device: torch.device) -> Tensor:
+    """Integer bin offsets (S, 3) whose bins can hold a point within ``cutoff`` of a point of the
+    central bin (offsets whose closest approach is >= cutoff are dropped)."""
+    r = torch.arange(-reach, reach + 1, device=device)
+    offsets = torch.cartesian_prod(r, r, r).reshape(-1, 3)
+    gap = (offsets.abs() - 1).clamp(min=0).to(torch.float64) * bin_size
+    keep = (gap * gap).sum(1) < cutoff * cutoff
+    return offsets[keep]
+
+
+def _ghost_images(x: Tensor, cell: Tensor, pbc: Tensor, cutoff: float
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Wrap atoms into the cell (periodic directions) and list every image that can lie within
+    ``cutoff`` of a wrapped atom.
+
+    Returns xw (N, 3) wrapped positions, wrap (N, 3) int64 (x = xw + wrap @ cell), and the image
+    points: atom index pj (P,), lattice shift t (P, 3) int64 and position pos (P, 3) =
+    xw[pj] + t @ cell. Every atom's own wrapped position is among them (t = 0).
     """
+    n = x.shape[0]
+    dev = x.device
+    eps = 1e-8
+    basis = _lattice_frame(cell.detach().to(torch.float64).to(dev), pbc)
+    inv = torch.linalg.inv(basis)  # columns b_a: fractional coordinate f_a = x . b_a
+    frac = x @ inv
+    pmask = pbc.to(torch.float64)
+    wrap = torch.floor(frac) * pmask
+    wrap = wrap + ((frac - wrap) >= 1.0).to(torch.float64) * pmask  # rounding guard
+    fw = frac - wrap
+    xw = x - wrap @ basis
+    # a point within the cutoff of a wrapped atom has f_a within cutoff * |b_a| of their range
+    reach_f = cutoff * torch.linalg.norm(inv, dim=0)  # (3,)
+    f_lo = fw.min(0)[0] - reach_f - eps
+    f_hi = fw.max(0)[0] + reach_f + eps
+    lo = torch.ceil(f_lo.unsqueeze(0) - fw).to(torch.long)
+    hi = torch.floor(f_hi.unsqueeze(0) - fw).to(torch.long)
+    lo = torch.where(pbc.unsqueeze(0), lo, torch.zeros_like(lo))
+    hi = torch.where(pbc.unsqueeze(0), hi, torch.zeros_like(hi))
+    span = hi - lo + 1  # (N, 3), >= 1 (t = 0 always qualifies)
+    per_atom = span.prod(1)
+    pj = torch.repeat_interleave(torch.arange(n, device=dev), per_atom)
+    first = torch.cumsum(per_atom, 0) - per_atom
+    k = torch.arange(pj.shape[0], device=dev) - first[pj]
+    s0 = span[pj, 0]
+    s1 = span[pj, 1]
+    t = torch.stack([lo[pj, 0] + k % s0, lo[pj, 1] + torch.div(k, s0, rounding_mode="floor") % s1,
+                     lo[pj, 2] + torch.div(k, s0 * s1, rounding_mode="floor")], dim=1)
+    pos = xw[pj] + t.to(torch.float64) @ basis
+    return xw, wrap.to(torch.long), pj, t, pos
+
+
+def _segments(sorted_keys: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Runs of equal values in a sorted 1-D tensor: (values, first index, length)."""
+    n = sorted_keys.shape[0]
+    is_first = torch.ones(n, dtype=torch.bool, device=sorted_keys.device)
+    is_first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    starts = torch.nonzero(is_first).squeeze(1)
+    ends = torch.cat([starts[1:], torch.full((1,), n, dtype=torch.long, device=sorted_keys.device)])
+    return sorted_keys[starts], starts, ends - starts
+
+
+def cell_list_pairs(coord: Tensor, cell: Tensor, pbc: Tensor, mol_idx: Tensor, cutoff: float,
+                    full_list: bool, bins_per_cutoff: int = 0,
+                    max_candidates: int = 1 << 22) -> Tuple[Tensor, Tensor, Tensor]:
+    """(i, j, S) of every pair of atoms of the same molecule closer than ``cutoff`` Å.
+
+    coord (N, 3) Å; cell (3, 3) Å, rows = lattice vectors (used along periodic directions only);
+    pbc (3,) bool; mol_idx (N,) int molecule index (any order). S (P, 3) int32 image shifts:
+    r_ij = x_j - x_i + S @ cell. ``full_list``: every ordered pair i -> j (both directions);
+    otherwise each unordered pair once (``half_list_mask``). Self pairs (i, i, 0) are never
+    listed; an atom and its own periodic images are.
+
+    Bins are cubes of side cutoff / ``bins_per_cutoff`` (0 = chosen from the density); the atoms
+    of one bin are tested against the points of its neighbour bins as one block (a batched matrix
+    product gives the squared distances; candidates are re-checked exactly in float64), blocks
+    of at most ``max_candidates`` query-point pairs at a time.
+    """
+    dev = coord.device
     n = coord.shape[0]
-    out: Dict[str, Tensor] = {}
-    i, j, s = vesin_pairs(coord, cell, pbc, sr_cutoff, True)
-    if n_mol > 1:
-        i, j, s = same_molecule(i, j, s, mol_idx)
-    nbmat, shifts = padded_neighbor_matrix(i, j, s, n)
-    out["nbmat"] = nbmat
-    out["cell_shifts"] = shifts
+    empty_i = torch.zeros(0, dtype=torch.long, device=dev)
+    if n == 0:
+        return empty_i, empty_i, torch.zeros(0, 3, dtype=torch.int32, device=dev)
+    x = coord.detach().to(torch.float64)
+    mol = mol_idx.to(torch.long).to(dev)
+    pbc = pbc.to(torch.bool).to(dev)
+    if bool(pbc.any()):
+        xw, wrap, pj, t, pos = _ghost_images(x, cell, pbc, cutoff)
+    else:
+        xw = x
+        wrap = torch.zeros(n, 3, dtype=torch.long, device=dev)
+        pj = torch.arange(n, device=dev)
+        t = torch.zeros(n, 3, dtype=torch.long, device=dev)
+        pos = x
+    n_pts = pj.shape[0]
+
+    # --- Cartesian bins keyed by (molecule, bx, by, bz); no dense grid (sorted keys + search)
+    origin = pos.min(0)[0]
+    ext = pos.max(0)[0] - origin
+    extent = float(ext.max())
+    sub = bins_per_cutoff
+    if sub <= 0:  # aim at ~25 points per bin
+        vol = float(torch.clamp(ext, min=cutoff).prod())
+        per_cut3 = n_pts / vol * cutoff ** 3
+        sub = min(max(int(round((per_cut3 / 25.0) ** (1.0 / 3.0))), 1), 3)
+    n_mol = int(mol.max()) + 1
+    max_dim = max(int((2.0 ** 60 / n_mol) ** (1.0 / 3.0)) - 2 * sub - 2, 4)
+    bin_size = cutoff / sub * (1.0 + 1e-12)
+    if extent / bin_size > max_dim:
+        bin_size = extent / max_dim
+    reach = int(math.ceil(cutoff / bin_size))
+    stencil = _stencil(reach, bin_size, cutoff, dev)  # (S, 3)
+    pbin = torch.floor((pos - origin) / bin_size).to(torch.long)
+    dims = pbin.max(0)[0] + 1
+    pkey = ((mol[pj] * dims[0] + pbin[:, 0]) * dims[1] + pbin[:, 1]) * dims[2] + pbin[:, 2]
+    order = torch.argsort(pkey)
+    ukeys, starts, counts = _segments(pkey[order])
+    spos = pos[order]
+    spj = pj[order]
+    sshift = t[order] - wrap[spj]  # image shift relative to the unwrapped atom
+    n_bins = ukeys.shape[0]
+
+    # queries: the wrapped atoms, grouped by bin
+    qbin = torch.floor((xw - origin) / bin_size).to(torch.long)
+    qkey = ((mol * dims[0] + qbin[:, 0]) * dims[1] + qbin[:, 1]) * dims[2] + qbin[:, 2]
+    qorder = torch.argsort(qkey)
+    _, qstarts, qcounts = _segments(qkey[qorder])
+    rep_atom = qorder[qstarts]
+    n_qb = rep_atom.shape[0]
+    n_st = stencil.shape[0]
+    look = max(1, max_candidates // n_st)  # query bins per stencil look-up (bounded memory)
+    n_cand = torch.zeros(n_qb, dtype=torch.long, device=dev)  # points to test per query bin
+    b0 = 0
+    while b0 < n_qb:
+        b1 = min(n_qb, b0 + look)
+        _, cnt0 = _stencil_bins(qbin[rep_atom[b0:b1]], mol[rep_atom[b0:b1]], stencil, dims, ukeys, starts,
+                                counts, n_bins)
+        n_cand[b0:b1] = cnt0.sum(1)
+        b0 = b1
+    # process query bins in order of decreasing size, so a block pads little
+    border = torch.argsort(qcounts, descending=True)
+    l_all = int(n_cand.max())
+    cut2 = cutoff * cutoff
+    tol = 1e-6 * cut2 + 1e-6
+
+    out_i: List[Tensor] = []
+    out_j: List[Tensor] = []
+    out_s: List[Tensor] = []
+    c0 = 0
+    while c0 < n_qb:
+        q_first = int(qcounts[border[c0]])
+        c1 = min(n_qb, c0 + look, c0 + max(1, max_candidates // max(q_first * l_all, 1)))
+        blk = border[c0:c1]
+        nb = blk.shape[0]
+        q_max = int(qcounts[blk].max())
+        l_max = int(n_cand[blk].max())
+        nb_start, cnt = _stencil_bins(qbin[rep_atom[blk]], mol[rep_atom[blk]], stencil, dims, ukeys, starts,
+                                      counts, n_bins)
+        # queries (nb, q_max) -> atom index, -1 = padding
+        ar_q = torch.arange(q_max, device=dev)
+        q_ok = ar_q.unsqueeze(0) < qcounts[blk].unsqueeze(1)
+        q_sorted = (qstarts[blk].unsqueeze(1) + ar_q.unsqueeze(0)).clamp(max=n - 1)
+        q_atom = torch.where(q_ok, qorder[q_sorted], torch.full_like(q_sorted, -1))
+        # candidate points (nb, l_max) -> sorted point index, -1 = padding
+        seg_end = torch.cumsum(cnt, 1)
+        ar_l = torch.arange(l_max, device=dev)
+        seg = torch.searchsorted(seg_end, ar_l.unsqueeze(0).expand(nb, l_max).contiguous(), right=True)
+        p_ok = ar_l.unsqueeze(0) < n_cand[blk].unsqueeze(1)
+        seg = seg.clamp(max=cnt.shape[1] - 1)
+        within = ar_l.unsqueeze(0) - (seg_end.gather(1, seg) - cnt.gather(1, seg))
+        p_idx = torch.where(p_ok, nb_start.gather(1, seg) + within, torch.zeros_like(seg))
+        p_idx = p_idx.clamp(max=n_pts - 1)
+        # squared distances relative to the first query of each bin (small numbers, accurate)
+        ref = xw[qorder[qstarts[blk]]].unsqueeze(1)  # (nb, 1, 3)
+        qp = xw[q_atom.clamp(min=0)] - ref  # (nb, q_max, 3)
+        pp = spos[p_idx] - ref  # (nb, l_max, 3)
+        d2 = (qp * qp).sum(2).unsqueeze(2) + (pp * pp).sum(2).unsqueeze(1) - 2.0 * torch.bmm(qp, pp.transpose(1, 2))
+        mask = (d2 < cut2 + tol) & q_ok.unsqueeze(2) & p_ok.unsqueeze(1)
+        if not full_list:
+            mask = mask & (spj[p_idx].unsqueeze(1) >= q_atom.unsqueeze(2))
+        hit = torch.nonzero(mask)
+        qi = q_atom[hit[:, 0], hit[:, 1]]
+        pi = p_idx[hit[:, 0], hit[:, 2]]
+        # pairs within the rounding band of the cutoff: decide by the direct float64 distance
+        band = torch.nonzero(d2[hit[:, 0], hit[:, 1], hit[:, 2]] > cut2 - tol).squeeze(1)
+        if band.shape[0] > 0:
+            diff = spos[pi[band]] - xw[qi[band]]
+            outside = band[(diff * diff).sum(1) >= cut2]
+            if outside.shape[0] > 0:
+                inside = torch.ones(qi.shape[0], dtype=torch.bool, device=dev)
+                inside[outside] = False
+                qi = qi[inside]
+                pi = pi[inside]
+        j = spj[pi]
+        s = sshift[pi] + wrap[qi]
+        keep = (j != qi) | (s != 0).any(1)
+        if not full_list:
+            keep = keep & half_list_mask(qi, j, s)
+        out_i.append(qi[keep])
+        out_j.append(j[keep])
+        out_s.append(s[keep].to(torch.int32))
+        c0 = c1
+    return torch.cat(out_i), torch.cat(out_j), torch.cat(out_s)
+
+
+def _stencil_bins(qbin: Tensor, qmol: Tensor, stencil: Tensor, dims: Tensor, ukeys: Tensor, starts: Tensor,
+                  counts: Tensor, n_bins: int) -> Tuple[Tensor, Tensor]:
+    """For each query (Q,) and stencil offset (S,): (first sorted-point index, number of points)
+    of that neighbour bin, (Q, S) each; 0 points for bins outside the grid or empty."""
+    nb = qbin.unsqueeze(1) + stencil.unsqueeze(0)  # (Q, S, 3)
+    inside = ((nb >= 0) & (nb < dims)).all(2)
+    nb = nb.clamp(min=0)
+    key = ((qmol.unsqueeze(1) * dims[0] + nb[..., 0]) * dims[1] + nb[..., 1]) * dims[2] + nb[..., 2]
+    loc = torch.searchsorted(ukeys, key.reshape(-1)).reshape(key.shape).clamp(max=n_bins - 1)
+    found = inside & (ukeys[loc] == key)
+    cnt = torch.where(found, counts[loc], torch.zeros_like(loc))
+    return starts[loc], cnt
+
+
+def assemble_lists(n_atoms: int, sr: Tuple[Tensor, Tensor, Tensor], lr: Optional[Tuple[Tensor, Tensor, Tensor]],
+                   mol_idx: Tensor, n_mol: int, lr_cutoff: float) -> Dict[str, Tensor]:
+    """The potential's list dict from a builder's pairs: ``sr`` the full short-range (i, j, shifts),
+    ``lr`` the half long-range (i, j, shifts) when lr_cutoff > 0 (all pairs of each molecule when
+    lr_cutoff < 0, none when 0)."""
+    nbmat, shifts = padded_neighbor_matrix(sr[0], sr[1], sr[2], n_atoms)
+    out: Dict[str, Tensor] = {"nbmat": nbmat, "cell_shifts": shifts}
     if lr_cutoff < 0.0:
         pairs, shifts_lr = all_pairs_half(mol_idx, n_mol)
         out["pairs_lr"] = pairs
         out["cell_shifts_lr"] = shifts_lr
-    elif lr_cutoff > 0.0:
-        i, j, s = vesin_pairs(coord, cell, pbc, lr_cutoff, False)
-        if n_mol > 1:
-            i, j, s = same_molecule(i, j, s, mol_idx)
-        out["pairs_lr"] = torch.stack([i, j])
-        out["cell_shifts_lr"] = s
+    elif lr is not None:
+        out["pairs_lr"] = torch.stack([lr[0], lr[1]])
+        out["cell_shifts_lr"] = lr[2]
     return out
+
+
+class TorchCellList(nn.Module):
+    """Pure-TorchScript O(N) cell-list builder (the default; see the module docstring).
+
+    ``forward(coord, cell, pbc, mol_idx, n_mol, sr_cutoff, lr_cutoff)``: coord (N, 3) Å; cell
+    (3, 3) Å rows (zeros for isolated systems); pbc (3,) bool; mol_idx (N,) sorted molecule index;
+    lr_cutoff: Å, -1 = all pairs of each molecule, 0 = no long-range list. Returns ``nbmat``,
+    ``cell_shifts`` and, unless lr_cutoff == 0, ``pairs_lr``, ``cell_shifts_lr`` (int32 shifts).
+    """
+
+    library: str
+    bins_per_cutoff: int
+    max_candidates: int
+
+    def __init__(self, bins_per_cutoff: int = 0, max_candidates: int = 1 << 22):
+        super().__init__()
+        if bins_per_cutoff < 0 or max_candidates < 1:
+            raise ValueError("bins_per_cutoff must be >= 0 (0 = automatic) and max_candidates >= 1")
+        self.library = "torch"
+        self.bins_per_cutoff = int(bins_per_cutoff)
+        self.max_candidates = int(max_candidates)
+
+    @torch.jit.export
+    def pairs(self, coord: Tensor, cell: Tensor, pbc: Tensor, mol_idx: Tensor, cutoff: float,
+              full_list: bool) -> Tuple[Tensor, Tensor, Tensor]:
+        return cell_list_pairs(coord, cell, pbc, mol_idx, cutoff, full_list, self.bins_per_cutoff,
+                               self.max_candidates)
+
+    def forward(self, coord: Tensor, cell: Tensor, pbc: Tensor, mol_idx: Tensor, n_mol: int,
+                sr_cutoff: float, lr_cutoff: float) -> Dict[str, Tensor]:
+        sr = self.pairs(coord, cell, pbc, mol_idx, sr_cutoff, True)
+        lr: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        if lr_cutoff > 0.0:
+            lr = self.pairs(coord, cell, pbc, mol_idx, lr_cutoff, False)
+        return assemble_lists(coord.shape[0], sr, lr, mol_idx, n_mol, lr_cutoff)
+
+
+def make_neighbor_list(library: str = "torch") -> nn.Module:
+    """The neighbour-list submodule for ``library``: 'torch' (TorchCellList, default; exported
+    files need only torch) or 'vesin' (vesin-torch; loading needs ``import vesin_torch``)."""
+    lib = str(library).lower()
+    if lib in ("torch", "cell_list", "torch_cell_list"):
+        return TorchCellList()
+    if lib in ("vesin", "vesin_torch", "vesin-torch"):
+        from .neighbors_vesin import VesinNeighbors
+
+        return VesinNeighbors()
+    raise ValueError(f"unknown neighbour-list library {library!r}; choose one of {', '.join(NEIGHBOR_LIST_LIBRARIES)}")
 
 
 class VerletNeighborList:
@@ -126,7 +426,8 @@ class VerletNeighborList:
             out = potential(nl.update(inp))     # inp: flat input dict (coord (N, 3), cell, pbc, ...)
 
     ``potential`` is an in-memory or TorchScript potential (``aimnet2mult.export``); its
-    ``neighbor_lists`` method builds the lists. ``builds`` counts the rebuilds.
+    ``neighbor_lists`` method builds the lists (with the potential's own builder, the pure-torch
+    cell list by default). ``builds`` counts the rebuilds.
     """
 
     def __init__(self, potential, skin: float = 1.0):

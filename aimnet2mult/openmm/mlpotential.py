@@ -12,12 +12,17 @@ Registered through the entry point group ``openmmml.potentials`` (name ``aimnet2
 ``implementation`` ('python' = ``openmm.PythonForce``, the default, works everywhere incl.
 interpolation and serialisation; 'torch' = openmm-torch ``TorchForce``, faster on GPUs but it cannot
 be copied or deserialised with the PyPI wheels, hence not with ``interpolate=True``), ``device``
-(for 'python'), ``useCUDAGraphs`` (for 'torch'). Unknown keyword arguments are ignored.
+(for 'python'), ``useCUDAGraphs`` (for 'torch'), ``coulomb`` ('auto' default: the model's method,
+'dsf' for a fully periodic ML system; see ``aimnet2mult.calculators.runtime``). Unknown keyword
+arguments are ignored. ``modelPath=None`` selects the bundled default model (a multi-fidelity
+checkpoint: give ``fidelity``).
 
-``getMLLongRange()`` is False: the model's Coulomb term couples only the ML atoms among themselves
-in one image. In a periodic ML/MM system the ML region is evaluated as an isolated cluster, and the
-mechanical embedding leaves the electrostatics between periodic images of the ML region (and with
-the MM atoms) to the MM force field's PME.
+``getMLLongRange()`` is False: in a periodic ML/MM system (the only place OpenMM-ML asks) the ML
+region is evaluated as an isolated cluster, made whole across the box, so the model's Coulomb term
+couples only the ML atoms among themselves in one image; the mechanical embedding then leaves the
+electrostatics between periodic images of the ML region (and with the MM atoms) to the MM force
+field's PME. (A System that is ML throughout, from ``createSystem`` on a periodic topology, is
+evaluated periodically with neighbour lists and a periodic Coulomb method, 'dsf' by default.)
 
 OpenMM-ML imports every plugin module when ``openmmml`` is imported: this module only imports
 openmmml itself at load time; torch, openmm-torch and the model are imported inside the methods.
@@ -39,12 +44,13 @@ class AIMNet2MultPotentialImpl(MLPotentialImpl):
     IMPLEMENTATIONS = ("python", "torch")
 
     def __init__(self, name: str, modelPath=None, fidelity=None, implementation: str = "python", device=None,
-                 **args):
+                 coulomb="auto", **args):
         self.name = name
         self.modelPath = None if modelPath is None else str(modelPath)
         self.fidelity = fidelity
         self.implementation = implementation
         self.device = device
+        self.coulomb = coulomb
         self._check_implementation(implementation)
 
     def _check_implementation(self, implementation: str) -> None:
@@ -55,8 +61,9 @@ class AIMNet2MultPotentialImpl(MLPotentialImpl):
         return False
 
     def addForces(self, topology, system, atoms, forceGroup, charge=0, multiplicity=1, fidelity=None,
-                  implementation=None, device=None, useCUDAGraphs=False, **args):
+                  implementation=None, device=None, useCUDAGraphs=False, coulomb=None, **args):
         implementation = implementation or self.implementation
+        coulomb = self.coulomb if coulomb is None else coulomb
         self._check_implementation(implementation)
         fidelity = self.fidelity if fidelity is None else fidelity
         model = self.modelPath
@@ -74,11 +81,12 @@ class AIMNet2MultPotentialImpl(MLPotentialImpl):
             from .torchforce import create_torch_force
 
             force = create_torch_force(model, fidelity, topology=topology, atoms=atoms, charge=charge,
-                                       mult=multiplicity, force_group=forceGroup, use_cuda_graphs=useCUDAGraphs)
+                                       mult=multiplicity, force_group=forceGroup, use_cuda_graphs=useCUDAGraphs,
+                                       coulomb=coulomb)
         else:
             from .pythonforce import create_python_force
 
             force = create_python_force(model, fidelity, topology=topology, atoms=atoms, charge=charge,
                                         mult=multiplicity, force_group=forceGroup,
-                                        device=device if device is not None else self.device)
+                                        device=device if device is not None else self.device, coulomb=coulomb)
         system.addForce(force)

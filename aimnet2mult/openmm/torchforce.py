@@ -14,6 +14,10 @@ The force is a TorchScript module that wraps the scripted per-fidelity potential
   (ML/MM), they are evaluated as an isolated cluster, made whole across the box with the minimum
   image convention relative to the first ML atom (the MM force field supplies the interactions
   with the environment and with periodic images; see ``mlpotential.getMLLongRange``).
+* Coulomb method (``coulomb=``, fixed at build time): 'auto' (default) = the model's own method for
+  an isolated molecule or an ML cluster, and for a periodic system the model's method if it is
+  periodic, else 'dsf' (damped shifted force); 'ewald', 'dsf', ... or a dict select it explicitly
+  (see ``aimnet2mult.calculators.runtime``). The module holds its own copy of the potential.
 
 Units: 1 nm = 10 Å; 1 eV = ``aimnet2mult.units.EV_TO_KJ_PER_MOL`` kJ/mol (CODATA 2018, OpenMM's value).
 
@@ -25,10 +29,12 @@ Limitation of the PyPI openmm-torch 1.5 / torch 2.9 wheels (measured): ``XmlSeri
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
-from ..calculators.runtime import DENSE_MAX_ATOMS, ModelSource
+from ..calculators.runtime import DENSE_MAX_ATOMS, ModelSource, set_module_coulomb
 from ..units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 
 
@@ -198,7 +204,7 @@ def ml_region(topology=None, system=None, atoms: Optional[Sequence[int]] = None,
 def torch_force_module(model: Any = None, fidelity: Union[int, str, None] = None, *, topology=None, system=None,
                        atoms: Optional[Sequence[int]] = None, numbers: Optional[Sequence[int]] = None,
                        charge: float = 0.0, mult: float = 1.0, periodic: Optional[bool] = None,
-                       dense_max_atoms: int = DENSE_MAX_ATOMS, device: Any = "cpu"):
+                       dense_max_atoms: int = DENSE_MAX_ATOMS, device: Any = "cpu", coulomb: Any = "auto"):
     """(scripted ``AIMNet2MultTorchForceModule``, info dict). ``model`` as for the ASE calculator."""
     source = model if isinstance(model, ModelSource) else ModelSource(model, device)
     pot = source.potential(fidelity)
@@ -206,11 +212,21 @@ def torch_force_module(model: Any = None, fidelity: Union[int, str, None] = None
     pot.check_elements(nums)
     if mult != 1 and not pot.open_shell:
         raise ValueError(f"this potential is closed-shell (no spin channel): multiplicity must be 1, got {mult}")
+    setting = pot.coulomb_setting(periodic and not cluster, coulomb)
     scripted, meta = source.scripted(fidelity)
+    # an own copy: the Coulomb method is module state, and the loaded potential is shared (cache)
+    scripted = copy.deepcopy(scripted)
+    try:
+        set_module_coulomb(scripted, setting)
+    except (RuntimeError, torch.jit.Error) as exc:
+        from ..calculators.runtime import clean_error
+
+        raise ValueError(clean_error(exc)) from None
     dense = len(nums) <= dense_max_atoms
     wrapper = AIMNet2MultTorchForceModule(scripted, indices, nums, charge, mult, periodic, cluster, dense, pot.cutoff)
     info = {"indices": indices, "numbers": nums, "num_particles": n_system, "periodic": periodic,
-            "cluster": cluster, "fidelity": pot.fidelity, "fidelity_name": pot.fidelity_name, "metadata": meta}
+            "cluster": cluster, "fidelity": pot.fidelity, "fidelity_name": pot.fidelity_name, "metadata": meta,
+            "coulomb": str(scripted.coulomb_method()) if hasattr(scripted, "coulomb_method") else None}
     return torch.jit.script(wrapper), info
 
 
@@ -218,19 +234,21 @@ def create_torch_force(model: Any = None, fidelity: Union[int, str, None] = None
                        atoms: Optional[Sequence[int]] = None, numbers: Optional[Sequence[int]] = None,
                        charge: float = 0.0, mult: float = 1.0, periodic: Optional[bool] = None,
                        force_group: int = 0, use_cuda_graphs: bool = False, cuda_graph_warmup_steps: int = 10,
-                       dense_max_atoms: int = DENSE_MAX_ATOMS, properties: Optional[Dict[str, str]] = None):
+                       dense_max_atoms: int = DENSE_MAX_ATOMS, properties: Optional[Dict[str, str]] = None,
+                       coulomb: Any = "auto"):
     """An openmm-torch ``TorchForce`` for one fidelity of ``model`` applied to ``atoms`` (None = all).
 
     The atomic numbers come from ``topology`` (or ``numbers``); the System size from ``topology``
     (or ``system``). ``use_cuda_graphs``/``cuda_graph_warmup_steps`` set openmm-torch's
     ``useCUDAGraphs``/``CUDAGraphWarmupSteps`` properties (CUDA platform only; the potential's input
-    checks synchronise with the host, so graphs bring little). Add the force with
-    ``system.addForce(force)``.
+    checks synchronise with the host, so graphs bring little). ``coulomb``: see the module
+    docstring. Add the force with ``system.addForce(force)``. The module is built on the CPU;
+    openmm-torch moves it to the platform's device (CUDA when the Context runs there).
     """
     openmmtorch = import_openmmtorch()
     module, info = torch_force_module(model, fidelity, topology=topology, system=system, atoms=atoms,
                                       numbers=numbers, charge=charge, mult=mult, periodic=periodic,
-                                      dense_max_atoms=dense_max_atoms)
+                                      dense_max_atoms=dense_max_atoms, coulomb=coulomb)
     props = {"useCUDAGraphs": "true" if use_cuda_graphs else "false",
              "CUDAGraphWarmupSteps": str(int(cuda_graph_warmup_steps))}
     props.update(properties or {})

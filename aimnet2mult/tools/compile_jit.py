@@ -3,12 +3,18 @@
     python -m aimnet2mult.tools.compile_jit --weights model.pt --output compiled_model \
         --fidelity-level 0 [--model model.yaml --fidelity-offset 200 --num-fidelities 3 \
         --use-fidelity-readouts true --sae sae_fid0.yaml] \
-        [--dispersion d3bj --dispersion-functional wb97m | --dispersion none]
+        [--dispersion d3bj --dispersion-functional wb97m | --dispersion none] \
+        [--coulomb simple|dsf|ewald|none [--dsf-alpha A --dsf-rc RC | --ewald-accuracy ACC]] \
+        [--neighbor-list torch | vesin]
 
 Settings the checkpoint records (architecture, offset, number of fidelities, readout mode, SAE)
 are optional; when given they must agree with the checkpoint. Without ``--dispersion`` the
 dispersion recorded in the checkpoint for that fidelity is used. Output: ``{output}_fid{K}.jpt``
-(or ``output`` itself when it ends in ``.jpt``), written atomically.
+(or ``output`` itself when it ends in ``.jpt``), written atomically. ``--neighbor-list vesin``
+builds the flat-layout neighbour lists with vesin-torch (the file then needs ``import vesin_torch``
+before ``torch.jit.load``); the default pure-TorchScript cell list needs nothing but torch.
+``--coulomb`` overrides the Coulomb method of the model configuration for this file (``dsf`` or
+``ewald`` for periodic MD; ``simple`` is for isolated molecules only).
 """
 
 import argparse
@@ -43,6 +49,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name in ("s6", "s8", "a1", "a2", "s9"):
         p.add_argument(f"--dispersion-{name}", type=float, help=f"custom D3(BJ) {name}")
     p.add_argument("--atm", action="store_true", help="add the three-body ATM term (s9 from the database)")
+    p.add_argument("--coulomb", choices=["simple", "dsf", "ewald", "none"],
+                   help="Coulomb method baked into the file (default: the model configuration's)")
+    p.add_argument("--dsf-alpha", type=float, help="DSF damping alpha (1/Å, default 0.2)")
+    p.add_argument("--dsf-rc", type=float, help="DSF cutoff (Å, default 15)")
+    p.add_argument("--ewald-accuracy", type=float, help="Ewald relative accuracy (default 1e-8)")
+    p.add_argument("--neighbor-list", choices=["torch", "vesin"], default="torch",
+                   help="neighbour-list builder inside the potential: torch (pure TorchScript cell list, "
+                        "default; the file loads with a plain torch.jit.load) or vesin (vesin-torch; loading "
+                        "needs 'import vesin_torch' first, recorded in the metadata)")
 
 
 def read_sae(path: str) -> Dict[int, float]:
@@ -139,6 +154,23 @@ def dispersion_spec(args) -> Any:
     return spec
 
 
+def coulomb_spec(args) -> Any:
+    """The ``coulomb`` argument of ``export_potential`` from --coulomb and its parameters."""
+    from ..export import RECORDED
+
+    params = {key: getattr(args, key, None) for key in ("dsf_alpha", "dsf_rc", "ewald_accuracy")}
+    params = {k: v for k, v in params.items() if v is not None}
+    method = getattr(args, "coulomb", None)
+    if method is None:
+        if params:
+            raise ValueError("--dsf-alpha/--dsf-rc/--ewald-accuracy need --coulomb dsf or ewald")
+        return RECORDED
+    wrong = [k for k in params if not k.startswith(method + "_")]
+    if wrong:
+        raise ValueError(f"--coulomb {method} does not take --{wrong[0].replace('_', '-')}")
+    return {"method": method, **params}
+
+
 def _load(args) -> Dict[str, Any]:
     path = str(args.weights)
     try:
@@ -168,7 +200,8 @@ def run(args) -> Path:
         raise CheckpointError(f"--fidelity-level {k} >= --num-fidelities {args.num_fidelities}")
     _check_agreement(args, ckpt, k)
     return export_potential(ckpt, k, args.output, dispersion=dispersion_spec(args),
-                            source_hash=checkpoint_hash(args.weights))
+                            source_hash=checkpoint_hash(args.weights), coulomb=coulomb_spec(args),
+                            neighbor_list=getattr(args, "neighbor_list", None) or "torch")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -41,10 +41,10 @@ def load_train_config(config_files: Sequence[str] = (), overrides: Sequence[str]
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    base = OmegaConf.create(default_train_config())
+    base = OmegaConf.create(_string_keys(default_train_config()))
     layers = [base]
     for path in config_files:
-        layers.append(OmegaConf.create(read_yaml(path)))
+        layers.append(OmegaConf.create(_string_keys(read_yaml(path))))
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got: {' '.join(bad)}")
@@ -58,6 +58,17 @@ def load_train_config(config_files: Sequence[str] = (), overrides: Sequence[str]
         raise ConfigError(f"invalid configuration or override: {exc}") from None
     _check_unknown(cfg, default_train_config(), "")
     return normalize(cfg)
+
+
+def _string_keys(node: Any) -> Any:
+    """YAML reads ``0:`` as an int key but a dotted override ``data.fidelity_datasets.0=...`` has
+    the string key '0'; OmegaConf refuses to merge the two, so every key is a string until
+    ``normalize`` turns the fidelity maps back into int keys."""
+    if isinstance(node, dict):
+        return {str(k): _string_keys(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_string_keys(v) for v in node]
+    return node
 
 
 def _drop_replaced_kwargs(merged, layer):

@@ -135,7 +135,7 @@ class Trainer:
         for k in range(num_fidelities(cfg)):
             log.info("fidelity %d: %s, %d train / %d val molecules, labels %s, SAE %s", k,
                      self.info["files"][k], self.info["n_train"][k], self.info["n_val"].get(k, 0),
-                     ",".join(self.info["labels"][k]), self.info["sae_sources"][k])
+                     ",".join(self.info["labels"][k]) or "energy only", self.info["sae_sources"][k])
 
         self.resume_ckpt = load_checkpoint(resume) if resume else None
         source = load_source(load) if load else None

