@@ -39,22 +39,6 @@ def models(tmp_path_factory):
     return {"ckpt": ckpt, "pt": ckpt_path, "jpt": jpt, "open": open_path, "other": other_path, "root": root}
 
 
-def periodic_supported() -> bool:
-    """False while the Potential accepts only the dense layout (flat/periodic input pending)."""
-    ckpt, _ = small_checkpoint(1)
-    pot = build_potential(ckpt, 0)
-    try:
-        pot({"coord": torch.zeros(2, 3), "numbers": torch.tensor([1, 1])})
-    except ValueError as exc:
-        if "must have shape (B, N, 3)" in str(exc):
-            return False
-    return True
-
-
-needs_periodic = pytest.mark.skipif(not periodic_supported(), reason="pending: the flat/periodic Potential "
-                                    "(coord (N,3), cell, pbc -> stress) is not in aimnet2mult.potential yet")
-
-
 def ethanol():
     atoms = molecule("CH3CH2OH")
     atoms.rattle(0.03, seed=2)
@@ -285,7 +269,6 @@ def flat_energy(potential, atoms):
     return float(out["energy"].sum()), out["forces"].detach().double().numpy()
 
 
-@needs_periodic
 @pytest.mark.parametrize("coulomb", ["auto", "ewald"])
 def test_periodic_stress_equals_numerical_stress(models, coulomb):
     """The model's Coulomb method is 'simple' (isolated molecules): the calculator switches to 'dsf'
@@ -308,7 +291,6 @@ def test_periodic_stress_equals_numerical_stress(models, coulomb):
     assert shifted.get_potential_energy() == pytest.approx(atoms.get_potential_energy(), abs=1e-8)
 
 
-@needs_periodic
 def test_periodic_coulomb_methods_and_molecules_in_turn(models):
     """One calculator: molecule (model's 'simple'), periodic box ('dsf'), molecule again; DSF ~ Ewald
     for a neutral cell; explicit methods and parameters reach the potential."""
@@ -343,7 +325,6 @@ def test_periodic_coulomb_methods_and_molecules_in_turn(models):
     assert calc.sources[0].potential().coulomb_method == "simple"
 
 
-@needs_periodic
 def test_model_without_coulomb_has_nothing_to_switch():
     ckpt, _ = small_checkpoint(1, coulomb={"method": "none"})
     box = water_box()
@@ -356,7 +337,6 @@ def test_model_without_coulomb_has_nothing_to_switch():
         AIMNet2Mult(ckpt, coulomb="ewald")
 
 
-@needs_periodic
 def test_flat_layout_equals_dense(models):
     atoms = ethanol()
     atoms.calc = AIMNet2Mult(models["pt"], fidelity=0)

@@ -405,18 +405,6 @@ def test_mlmm_link_atom(wb97m):
 
 
 # ----------------------------------------------------------------------------------------- periodic
-def periodic_supported() -> bool:
-    ckpt, _ = small_checkpoint(1)
-    try:
-        build_potential(ckpt, 0)({"coord": torch.zeros(2, 3), "numbers": torch.tensor([1, 1])})
-    except ValueError as exc:
-        if "must have shape (B, N, 3)" in str(exc):
-            return False
-    return True
-
-
-@pytest.mark.skipif(not periodic_supported(), reason="pending: the flat/periodic Potential (coord (N,3), "
-                    "cell, pbc) is not in aimnet2mult.potential yet")
 def test_periodic_torchforce_matches_ase(wb97m):
     """A periodic box: the model's Coulomb method ('simple') is for molecules, so every path switches to
     'dsf' by itself ('auto') or uses Ewald when asked; all agree with ASE, and the shared (cached)
