@@ -23,10 +23,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .units import BOLTZMANN_EV_PER_K as KB_EV
 from .units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 
-#: Boltzmann constant in eV/K (CODATA 2018)
-KB_EV = 8.617333262e-5
 FIELDS = ["step", "time_ps", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"]
 
 
