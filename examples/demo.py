@@ -42,14 +42,14 @@ def step(title: str, cmd) -> None:
 
 
 def md_molecule(out: Path) -> Path:
-    """First conformer of the first molecule in the held-out set (no DFT training data)."""
+    """First conformer of the largest molecule of the held-out set (no DFT training data)."""
     from ase import Atoms
     from ase.io import write
 
     from aimnet2mult.data.h5dataset import SizeGroupedDataset
 
     ds = SizeGroupedDataset(data_dir() / "b3lyp_test_unseen.h5", in_memory=True)
-    s = ds[0]
+    s = ds[int(max(range(len(ds.n_atoms)), key=lambda i: (int(ds.n_atoms[i]), -i)))]
     ds.close()
     atoms = Atoms(numbers=s["numbers"], positions=s["coord"].astype(float))
     atoms.info["charge"] = int(round(float(s["charge"])))
@@ -126,6 +126,7 @@ def main() -> int:
         prefix = out / f"md_{engine}"
         step(f"{engine} MD", cli + ["md", mol, "--model", out / "model_fid0.jpt", "--engine", engine,
                                     "--steps", str(md_steps), "--timestep", "0.5", "--temperature", "300",
+                                    "--friction", "10",
                                     "--output", prefix, "--no-progress"])
         md_rows[engine] = prefix.with_name(prefix.name + "_energy.csv")
 
