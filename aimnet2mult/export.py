@@ -151,6 +151,9 @@ def build_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int,
     pot = Potential(model, sae, supported, modules, k, entry["name"], SYMBOLS[:off] + [""] * max(0, off - len(SYMBOLS)),
                     neighbor_list=nblist)
     pot.eval()
+    # forces need gradients w.r.t. coordinates only: weights that require grad would make every
+    # force call also compute the weight gradients (about 10-20 % of the time of a call)
+    pot.requires_grad_(False)
     pot.metadata = potential_metadata(ckpt, k, disp, cfg.get("coulomb"),  # plain attribute, not scripted
                                       neighbor_library=nblist.library)
     return pot
@@ -271,4 +274,6 @@ def load_potential(path: Union[str, Path], device: Union[str, torch.device] = "c
                              f"(import them before torch.jit.load): {str(exc).splitlines()[0]}") from None
         raise
     module.eval()
+    for param in module.parameters():  # files written before weights were saved without requires_grad
+        param.requires_grad_(False)
     return module, meta

@@ -2,6 +2,7 @@
 
     python bench/bench_multifidelity.py --out bench_out/multifidelity
     python bench/bench_multifidelity.py --multi-model default_model.pt   # reuse a trained multi arm
+    python bench/bench_multifidelity.py ... --extra "per-fidelity readouts=model.pt"  # more arms
 
 Both arms use the recipe of ``examples/config/bundled_multifidelity.yaml`` (architecture, optimizer,
 learning-rate schedule, batch size, batches per epoch, epochs, seed): the multi-fidelity arm trains
@@ -74,6 +75,8 @@ def main() -> int:
     parser.add_argument("--out", default="bench_out/multifidelity")
     parser.add_argument("--multi-model", help="reuse this multi-fidelity checkpoint (trained with the same recipe)")
     parser.add_argument("--single-model", help="reuse this single-fidelity checkpoint")
+    parser.add_argument("--extra", action="append", default=[], metavar="LABEL=PATH",
+                        help="another trained multi-fidelity checkpoint to compare (e.g. a recipe variant)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for BOTH arms (e.g. trainer.epochs=2)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -85,6 +88,14 @@ def main() -> int:
     models["single"] = Path(args.single_model) if args.single_model else train(
         single_fidelity_config(base), out, "single_fidelity", args.overrides)
 
+    labels = {"single": "single-fidelity (DFT only)", "multi": "multi-fidelity (DFT + xTB)"}
+    for item in args.extra:
+        label, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            parser.error(f"--extra {item!r}: expected LABEL=PATH of an existing checkpoint")
+        models[label] = Path(path)
+        labels[label] = f"multi-fidelity, {label}"
+
     from aimnet2mult.evaluate import evaluate_files
 
     results = {}
@@ -93,18 +104,24 @@ def main() -> int:
         results[arm] = {Path(r["file"]).name: {k: r.get(k) for k in ("n_molecules", "E_mae", "E_rmse", "F_mae", "F_rmse")}
                         for r in rows}
         results[arm]["model"] = str(path)
-    print(f"\nfidelity-0 (B3LYP/6-31G*) errors; E in kcal/mol, F in kcal/mol/Å")
-    print(f"{'test set':<24}{'metric':<8}{'single':>10}{'multi':>10}{'multi/single':>14}")
+    arms = [a for a in models if a != "single"]
+    print(f"\nfidelity-0 (B3LYP/6-31G*) errors; E in kcal/mol, F in kcal/mol/Å; ratio = arm / single-fidelity")
+    print(f"{'test set':<24}{'metric':<8}{'single':>10}" + "".join(f"{a[:18]:>20}{'ratio':>8}" for a in arms))
     ratios = {}
     for f in TEST_FILES:
         for m in ("E_mae", "F_mae"):
-            s, mu = results["single"][f][m], results["multi"][f][m]
-            ratios[f"{f}:{m}"] = mu / s
-            print(f"{f:<24}{m:<8}{s:>10.3f}{mu:>10.3f}{mu / s:>14.3f}")
+            s = results["single"][f][m]
+            line = f"{f:<24}{m:<8}{s:>10.3f}"
+            for a in arms:
+                mu = results[a][f][m]
+                ratios[f"{a}:{f}:{m}" if a != "multi" else f"{f}:{m}"] = mu / s
+                line += f"{mu:>20.3f}{mu / s:>8.3f}"
+            print(line)
     target = ratios["b3lyp_test_unseen.h5:E_mae"]
     print(f"\nunseen molecules, energy MAE ratio multi/single = {target:.3f} (target <= 0.7: "
           f"{'met' if target <= 0.7 else 'NOT met'})")
     results["ratios"] = ratios
+    results["labels"] = labels
     from aimnet2mult.io_utils import atomic_write_text
 
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
@@ -120,17 +137,20 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     x = np.arange(len(TEST_FILES))
     labels = ["held-out conformers", "molecules without\nDFT training data"]
     for ax, (metric, unit) in zip(axes, (("E_mae", "kcal/mol"), ("F_mae", "kcal/mol/Å"))):
-        for shift, arm in ((-0.2, "single"), (0.2, "multi")):
+        arms = ["single"] + [a for a in results["labels"] if a != "single"]
+        width = 0.8 / len(arms)
+        for i, arm in enumerate(arms):
             vals = [results[arm][f][metric] for f in TEST_FILES]
-            ax.bar(x + shift, vals, width=0.4, label=f"{arm}-fidelity")
+            ax.bar(x + (i - (len(arms) - 1) / 2) * width, vals, width=width, label=results["labels"][arm])
         ax.set_xticks(x, labels)
         ax.set_ylabel(f"{metric.split('_')[0]} MAE ({unit})")
         ax.set_title(f"fidelity 0 (B3LYP) {metric.split('_')[0]} MAE")
-        ax.legend()
+        ax.set_ylim(0, 1.45 * max(results[a][f][metric] for a in arms for f in TEST_FILES))
+        ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

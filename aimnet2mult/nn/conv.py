@@ -51,7 +51,11 @@ class ShellConvolution(nn.Module):
         else:
             if w is None:
                 w = flat_pair_basis(gs, gv)
-            x_j = x.permute(2, 0, 1)[:, data["nbmat"]]  # (G, A, M, F)
+            nbmat = data["nbmat"]
+            x_g = x.permute(2, 0, 1).contiguous()  # (G, A, F)
+            # index_select: its backward is an index_add (advanced indexing's is a slower index_put)
+            x_j = torch.index_select(x_g, 1, nbmat.reshape(-1)).reshape(
+                x_g.shape[0], nbmat.shape[0], nbmat.shape[1], x_g.shape[2])  # (G, A, M, F)
             res = torch.matmul(w, x_j)  # (G, A, 4, F)
             s = res[:, :, 0].permute(1, 2, 0)  # (A, F, G)
             t = res[:, :, 1:].permute(1, 3, 0, 2)  # (A, F, G, 3)

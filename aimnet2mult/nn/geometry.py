@@ -9,6 +9,7 @@ from typing import Dict, Tuple
 
 import torch
 from torch import Tensor
+from . import nbops
 
 
 def dense_pairs(coord: Tensor, numbers: Tensor, fill: float) -> Tuple[Tensor, Tensor, Tensor]:
@@ -34,7 +35,7 @@ def flat_pairs(coord: Tensor, nbmat: Tensor, fill: float, shifts: Tensor) -> Tup
     Returns d_ij (A, M), r_ij (A, M, 3), pair_mask (A, M).
     """
     dummy = coord.shape[0] - 1
-    r_ij = coord[nbmat] - coord.unsqueeze(1) + shifts
+    r_ij = nbops.take_rows(coord, nbmat) - coord.unsqueeze(1) + shifts
     pair_mask = nbmat == dummy
     d2 = (r_ij * r_ij).sum(-1).masked_fill(pair_mask, fill)
     return d2.sqrt(), r_ij, pair_mask
@@ -47,7 +48,7 @@ def pair_list_distances(coord: Tensor, pairs: Tensor, shifts: Tensor) -> Tensor:
     added to x_j. Returns d_ij (P,) = |x_j - x_i + shift|. The list holds real pairs only (no
     padding), so there is no mask; coincident atoms are caught by the short-range check.
     """
-    r_ij = coord[pairs[1]] - coord[pairs[0]] + shifts
+    r_ij = nbops.take_rows(coord, pairs[1]) - nbops.take_rows(coord, pairs[0]) + shifts
     return (r_ij * r_ij).sum(-1).sqrt()
 
 

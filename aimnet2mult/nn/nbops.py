@@ -45,6 +45,13 @@ def neighbor_dim(data: Dict[str, Tensor]) -> int:
     return 2 if is_dense(data) else 1
 
 
+def take_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[idx]`` for an integer index tensor of any shape, by ``index_select`` (whose backward is
+    an ``index_add``; advanced indexing's backward is a much slower ``index_put``)."""
+    out = torch.index_select(x, 0, idx.reshape(-1))
+    return out.reshape(list(idx.shape) + list(x.shape[1:]))
+
+
 def gather_j(x: Tensor, data: Dict[str, Tensor], nbmat_key: str = "nbmat") -> Tensor:
     """Values of neighbour j for every pair.
 
@@ -56,15 +63,15 @@ def gather_j(x: Tensor, data: Dict[str, Tensor], nbmat_key: str = "nbmat") -> Te
         shape = [b, n] + list(x.shape[1:])
         return x.unsqueeze(1).expand(shape)
     if is_pair_list(nbmat_key):
-        return x[data[nbmat_key][1]]
-    return x[data[nbmat_key]]
+        return take_rows(x, data[nbmat_key][1])
+    return take_rows(x, data[nbmat_key])
 
 
 def atom_i(x: Tensor, data: Dict[str, Tensor], nbmat_key: str = "nbmat") -> Tensor:
     """Values of atom i for every pair: broadcastable against pair tensors (inserts the neighbour
     axis) for padded layouts, gathered (P, ...) for a pair list."""
     if not is_dense(data) and is_pair_list(nbmat_key):
-        return x[data[nbmat_key][0]]
+        return take_rows(x, data[nbmat_key][0])
     return x.unsqueeze(neighbor_dim(data))
 
 
@@ -96,7 +103,7 @@ def gather_ij(table: Tensor, col: Tensor, data: Dict[str, Tensor], nbmat_key: st
         rows = data[nbmat_key][0]
     else:
         rows = torch.arange(a, device=col.device).unsqueeze(1)
-    return table.reshape(a * u, k)[rows * u + col]
+    return take_rows(table.reshape(a * u, k), rows * u + col)
 
 
 def num_molecules(data: Dict[str, Tensor]) -> int:
@@ -122,7 +129,7 @@ def mol_to_atoms(x: Tensor, data: Dict[str, Tensor]) -> Tensor:
     """Broadcast a per-molecule tensor to atoms: (B,...)->(B,1,...) or (n_mol,...)->(A,...)."""
     if is_dense(data):
         return x.unsqueeze(1)
-    return x[data["mol_idx"]]
+    return take_rows(x, data["mol_idx"])
 
 
 def atom_mask(data: Dict[str, Tensor]) -> Tensor:
