@@ -457,6 +457,10 @@ class Potential(nn.Module):
             lr_key = "pairs_lr"
         if periodic:
             inp["cell"] = cell_s
+        elif lr_cut < 0.0:
+            # isolated molecules with every pair listed: D3 sums them all, without its cutoff switch,
+            # exactly as the dense layout does
+            inp["lr_all_pairs"] = torch.ones(1, dtype=torch.bool, device=device)
         out = self.model(inp)
         energy = out["energy"] + nbops.mol_sum(self.sae[numbers_a], out)
         e_disp = torch.zeros(n_mol, dtype=torch.float64, device=device)

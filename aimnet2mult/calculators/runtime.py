@@ -13,8 +13,10 @@ A *model* is any of
 * ``None``: the bundled default model (see :func:`default_model_path`).
 
 Layouts: a periodic system is always evaluated in the flat (neighbour-list) layout with its cell;
-a non-periodic one in the dense layout up to ``dense_max_atoms`` atoms (fast for molecules) and in
-the flat layout above (O(N)).
+a non-periodic one in the dense layout up to ``dense_max_atoms`` atoms and in the flat layout above.
+The default 0 means always flat: on CPU it is faster than the dense layout at every size measured
+(9-300 atoms, ``bench/bench_inference.py --flat``) and gives the same energies (D3 and the 'simple'
+Coulomb sum every pair of an isolated molecule in both layouts).
 
 Coulomb method (``coulomb=``, every consumer): ``None``/``'auto'`` (default) = the model's own method
 for isolated molecules, and for periodic systems the model's method if it is periodic ('dsf' or
@@ -33,8 +35,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-#: non-periodic systems up to this many atoms use the dense (all-pairs) layout
-DENSE_MAX_ATOMS = 256
+#: non-periodic systems up to this many atoms use the dense (all-pairs) layout (0: always flat)
+DENSE_MAX_ATOMS = 0
 
 #: Coulomb method for periodic systems when the model's own method is for isolated molecules only
 PERIODIC_COULOMB_DEFAULT = "dsf"

@@ -35,9 +35,11 @@ sum, and both the CN counting function and the pair energy are multiplied by the
 
 with r_off = ``cutoff`` (default 15 Å) and r_on = r_off - ``switch_width`` (default 3 Å): s and
 its first two derivatives are continuous, so energy and forces are continuous as atoms cross the
-cutoff. Pairs closer than r_on are untouched (s = 1 exactly), so the two layouts agree exactly for
-molecules whose atoms are all within 12 Å of each other. The neglected tail beyond 15 Å is about
--2πρ Σ C6 / (3 r_off³): of order 1e-4 eV per atom in liquid water.
+cutoff. Pairs closer than r_on are untouched (s = 1 exactly). The neglected tail beyond 15 Å is
+about -2πρ Σ C6 / (3 r_off³): of order 1e-4 eV per atom in liquid water. When the potential lists
+every pair of isolated molecules (non-periodic input with the 'simple' Coulomb method; it marks the
+data with ``lr_all_pairs``) there is no switch, so the flat layout equals the dense one for
+molecules of any size.
 
 Shapes and units (``forward``):
 
@@ -234,9 +236,11 @@ class D3BJ(nn.Module):
         valid = ~pair_mask
         r = torch.where(pair_mask, torch.full_like(d_ij, self.safe_r), d_ij * self.ang2bohr)
         z_j = nbops.gather_j(numbers, data, key)
-        # flat layout: smooth cutoff (exactly 1 below cutoff - switch_width)
+        # flat layout: smooth cutoff (exactly 1 below cutoff - switch_width), unless the list holds
+        # every pair of isolated molecules ("lr_all_pairs", set by the potential)
+        switched = not dense and "lr_all_pairs" not in data
         sw = torch.ones_like(d_ij)
-        if not dense:
+        if switched:
             sw = torch.where(valid, self.switch(d_ij), torch.zeros_like(d_ij))
 
         # coordination number (exponential counting function)
@@ -244,7 +248,7 @@ class D3BJ(nn.Module):
         rc = nbops.atom_i(rcov_i, data, key) + nbops.gather_j(rcov_i, data, key)
         count = 1.0 / (1.0 + torch.exp(-self.k1 * (rc / r - 1.0)))
         count = torch.where(valid, count, torch.zeros_like(count))
-        if not dense:
+        if switched:
             count = count * sw
         cn = nbops.sum_j(count, data, key)
 
@@ -271,7 +275,7 @@ class D3BJ(nn.Module):
         r0_6 = r0_2 * r0_2 * r0_2
         r0_8 = r0_6 * r0_2
         e_pair = self.s6 * c6 / (r6 + r0_6) + self.s8 * c8 / (r8 + r0_8)
-        if not dense:
+        if switched:
             e_pair = e_pair * sw
         e_pair = torch.where(valid, e_pair, torch.zeros_like(e_pair)).to(torch.float64)
         e_atom = -0.5 * nbops.sum_j(e_pair, data, key)
