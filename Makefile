@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.aimnet2mult-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/demo.py --out $(DEMO_OUT)
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py --out bench_out
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

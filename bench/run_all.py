@@ -1,0 +1,255 @@
+"""The benchmark suite of issue 8 in one command (``make bench``): runs every benchmark in its own
+subprocess, collects their JSON and prints one table of ratios against the targets.
+
+    python bench/run_all.py [--out bench_out] [--quick] [--only inference openmm scale train]
+
+* ``inference`` — ``bench/bench_inference.py``: energy + forces per call, CPU 2 threads, 10-300 atom
+  molecules: aimnet2mult's exported potential / the official AIMNet2 member / the ``aimnet`` package
+  (``--dense``: also aimnet2mult on the dense all-pairs layout, for information);
+* ``openmm`` — ``bench/bench_openmm.py``: MD steps/s for a 20-atom molecule, aimnet2mult's
+  TorchForce and PythonForce against the official member in a plain TorchForce / PythonForce;
+* ``scale`` — ``bench/bench_scale.py --json``: periodic water 1.5k / 6k / 12k atoms, time per atom
+  and peak memory (default architecture, random weights);
+* ``train`` — ``bench/bench_train.py --data <bundled training files>``: training molecules/s and
+  the fraction of step time spent waiting for data (its table is parsed into ``train.json``).
+
+Writes into ``--out``: each benchmark's JSON (and ``inference.png``), ``<name>.log`` (its full
+output), ``summary.json`` and ``summary.md``. ``--quick`` runs every benchmark with smoke settings.
+The exit code is 0 when every benchmark ran (targets missed are reported, not failures).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# every benchmark inherits sleeping OpenMP waits (see bench_inference.py); a caller's value is kept
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BENCHES = ["inference", "openmm", "scale", "train"]
+
+
+def bundled_training_files():
+    data = ROOT / "aimnet2mult" / "resources" / "data"
+    files = [data / f"{name}_train.h5" for name in ("b3lyp", "gfn2", "gfn1")]
+    return [str(f) for f in files if f.is_file()]
+
+
+def commands(out: Path, quick: bool):
+    py = sys.executable
+    cmds = {
+        "inference": [py, str(HERE / "bench_inference.py"), "--out", str(out)] + (["--quick"] if quick else ["--dense"]),
+        "openmm": [py, str(HERE / "bench_openmm.py"), "--out", str(out)] + (["--quick"] if quick else []),
+        "scale": [py, str(HERE / "bench_scale.py"), "--json", str(out / "scale.json")]
+        + (["--sizes", "1500", "3000", "--repeats", "1"] if quick else ["--repeats", "3"]),
+        "train": [py, str(HERE / "bench_train.py"), "--iterations", "8" if quick else "60"]
+        + (["--data"] + bundled_training_files() if bundled_training_files() else []),
+    }
+    return cmds
+
+
+def run_one(name, cmd, out: Path):
+    print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    log = out / f"{name}.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT))
+        lines = []
+        for line in proc.stdout:
+            f.write(line)
+            lines.append(line)
+            if not _noise(line):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        rc = proc.wait()
+    return rc, "".join(lines), time.perf_counter() - t0
+
+
+def _noise(line: str) -> bool:
+    """Warp's start-up banner and similar lines that say nothing about the benchmark."""
+    s = line.strip()
+    return (s.startswith("Warp ") or s.startswith('"cpu"') or s in ("Devices:", "Kernel cache:")
+            or "CUDA driver not available" in s or s.startswith("CUDA Toolkit") or "/.cache/warp" in s
+            or "Could not find or load the NVIDIA CUDA driver" in s)
+
+
+_TRAIN_ROW = re.compile(r"^(?P<label>.+?)\s+(?P<rate>[\d.]+)\s+(?P<wait>[\d.]+)%\s+(?P<ratio>[\d.]+)x\s*$")
+
+
+def parse_train(text: str):
+    rows = []
+    for line in text.splitlines():
+        m = _TRAIN_ROW.match(line.strip())
+        if m:
+            rows.append({"loader": m.group("label").strip(), "molecules_per_s": float(m.group("rate")),
+                         "data_wait_fraction": float(m.group("wait")) / 100.0,
+                         "ratio_vs_in_memory": float(m.group("ratio"))})
+    return rows
+
+
+def load_json(path: Path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _fmt(v, spec="{:.2f}"):
+    return "-" if v is None else spec.format(v)
+
+
+def summarize(out: Path, status):
+    """(summary dict, list of table rows (benchmark, measure, value, target, verdict))."""
+    rows = []
+    summary = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
+                           "cpu_count": os.cpu_count(), "loadavg_1_5_15_at_end": os.getloadavg(),
+                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+               "date": datetime.datetime.now().isoformat(timespec="seconds"), "status": status, "results": {}}
+    try:
+        import torch
+
+        summary["machine"]["torch"] = torch.__version__
+    except Exception:
+        pass
+
+    inf = load_json(out / "inference.json")
+    if inf:
+        summary["results"]["inference"] = inf["summary"]
+        for r in inf["rows"]:
+            ms = r["ms_per_call"]
+            msg = " / ".join(f"{k} {v:.1f}" for k, v in ms.items())
+            tgt = inf["targets"]["atoms_range"]
+            in_range = tgt[0] <= r["target_atoms"] <= tgt[1]
+            rows.append(("inference", f"{r['atoms']} atoms: ours/official", _fmt(r["ratio_vs_official"]) + "x",
+                         f"<= {inf['targets']['vs_official']}" if in_range else "(info)",
+                         _verdict(r["ratio_vs_official"] <= inf["targets"]["vs_official"]) if in_range else "",
+                         f"ms/call {msg}"))
+            if "aimnet2mult_dense" in ms:
+                rows.append(("inference", f"{r['atoms']} atoms: ours dense layout/official",
+                             _fmt(ms["aimnet2mult_dense"] / ms["official"]) + "x", "(info)", "",
+                             "all-pairs layout of the same file"))
+            if r["ratio_vs_aimnet"] is not None:
+                rows.append(("inference", f"{r['atoms']} atoms: ours/aimnet", _fmt(r["ratio_vs_aimnet"]) + "x",
+                             f"<= {inf['targets']['vs_aimnet']}" if in_range else "(info)",
+                             _verdict(r["ratio_vs_aimnet"] <= inf["targets"]["vs_aimnet"]) if in_range else "", ""))
+        d_off = max(r["checks"]["official"]["dE_eV"] for r in inf["rows"])
+        rows.append(("inference", "max abs dE, ours vs official", f"{d_off:.1e} eV", f"<= {inf['targets']['energy_eV']}",
+                     _verdict(d_off <= inf["targets"]["energy_eV"]), "dense, all-pairs D3 and Coulomb"))
+        d_a = [r["checks"]["aimnet"]["dE_eV"] for r in inf["rows"] if "aimnet" in r["checks"]]
+        if d_a:
+            rows.append(("inference", "max abs dE, ours vs aimnet", f"{max(d_a):.1e} eV",
+                         f"<= {inf['targets']['energy_eV']}", _verdict(max(d_a) <= inf["targets"]["energy_eV"]),
+                         "ours exported with float64 atomic shifts, as aimnet keeps them"))
+        if inf.get("aimnet_left_out"):
+            rows.append(("inference", "aimnet column", "left out", "", "", inf["aimnet_left_out"]))
+
+    omm = load_json(out / "openmm.json")
+    if omm:
+        s = omm.get("summary") or {}
+        summary["results"]["openmm"] = {**s, "steps_per_s": {a: v["steps_per_s"] for a, v in omm["arms"].items()}}
+        sps = " / ".join(f"{a} {_fmt(v['steps_per_s'], '{:.1f}')}" for a, v in omm["arms"].items())
+        if s:
+            rows.append(("openmm", f"{omm['atoms']} atoms: fastest ours / fastest official (steps/s)",
+                         _fmt(s["ratio"]) + "x", f">= {omm['target']}", _verdict(s["met"]), f"steps/s {sps}"))
+            rows.append(("openmm", "max abs dE0 between arms", f"{max(s['energy_dev_eV'].values()):.1e} eV", "<= 0.0001",
+                         _verdict(s["energies_agree"]), ""))
+        else:
+            rows.append(("openmm", "ratio", "-", f">= {omm['target']}", "n/a", f"steps/s {sps}"))
+
+    sc = load_json(out / "scale.json")
+    if sc:
+        summary["results"]["scale"] = sc
+        per = " / ".join(f"{r['atoms']}: {r['per_atom_us']:.0f} us/atom, {r['peak_rss_gb']:.2f} GB"
+                         for r in sc["rows"])
+        rows.append(("scale", f"water {sc['rows'][0]['atoms']} -> {sc['rows'][-1]['atoms']}: time/atom ratio",
+                     _fmt(sc["ratio"]) + "x", f"<= {sc['target']}", _verdict(sc["ratio"] <= sc["target"]),
+                     f"{sc['coulomb']}, {sc['neighbor_list']} lists; {per}"))
+        rows.append(("scale", "vs aimnet (time/atom below aimnet's)", "not measured", "", "n/a",
+                     "bench_scale.py has no aimnet arm yet"))
+
+    tr = load_json(out / "train.json")
+    if tr:
+        summary["results"]["train"] = tr
+        for r in tr["rows"]:
+            rows.append(("train", f"{r['loader']}: data wait", f"{100 * r['data_wait_fraction']:.1f} %", "< 10 %",
+                         _verdict(r["data_wait_fraction"] < 0.10), f"{r['molecules_per_s']:.0f} molecules/s, "
+                         f"{r['ratio_vs_in_memory']:.2f}x in-memory"))
+    summary["table"] = [dict(zip(("benchmark", "measure", "value", "target", "verdict", "detail"), r)) for r in rows]
+    return summary, rows
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def print_table(rows):
+    widths = [max(len(str(r[i])) for r in rows + [HEAD]) for i in range(5)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(fmt.format(*HEAD[:5]))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(fmt.format(*[str(x) for x in r[:5]]))
+
+
+HEAD = ("benchmark", "measure", "value", "target", "verdict", "detail")
+
+
+def write_markdown(path: Path, summary, rows, cmdline: str):
+    m = summary["machine"]
+    lines = [f"# Benchmark summary ({summary['date']})", "",
+             f"Command: `{cmdline}`. Machine: {m['platform']}, {m['cpu_count']} CPUs, Python {m['python']}, "
+             f"torch {m.get('torch', '?')}; load average at the end {tuple(round(x, 2) for x in m['loadavg_1_5_15_at_end'])} "
+             "(shared machine: ratios measured side by side in one run, absolute times are noise).", "",
+             "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(x).replace("|", "/") for x in r) + " |")
+    lines += ["", "Runs: " + ", ".join(f"{k}: exit {v['exit']}, {v['seconds']:.0f} s" for k, v in summary["status"].items())]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="bench_out")
+    p.add_argument("--quick", action="store_true", help="smoke settings for every benchmark")
+    p.add_argument("--only", nargs="+", choices=BENCHES, default=BENCHES)
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cmds = commands(out, args.quick)
+    status = {}
+    t_all = time.perf_counter()
+    for name in args.only:
+        rc, text, secs = run_one(name, cmds[name], out)
+        status[name] = {"exit": rc, "seconds": secs, "command": cmds[name]}
+        if name == "train" and rc == 0:
+            rows = parse_train(text)
+            with open(out / "train.json", "w") as f:
+                json.dump({"benchmark": "train", "rows": rows, "data": cmds[name][cmds[name].index("--data") + 1:]
+                           if "--data" in cmds[name] else "synthetic", "target_data_wait": 0.10}, f, indent=1)
+        if rc != 0:
+            print(f"!!! {name} failed (exit {rc}); see {out / (name + '.log')}", flush=True)
+    summary, rows = summarize(out, status)
+    summary["total_seconds"] = time.perf_counter() - t_all
+    with open(out / "summary.json", "w") as f:
+        json.dump(summary, f, indent=1)
+    cmdline = "python bench/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_markdown(out / "summary.md", summary, rows, cmdline.strip())
+    print(f"\n=== summary ({summary['total_seconds'] / 60:.1f} min; load average now "
+          f"{tuple(round(x, 2) for x in os.getloadavg())})")
+    if rows:
+        print_table(rows)
+    print(f"wrote {out / 'summary.json'} and {out / 'summary.md'}")
+    return 0 if all(v["exit"] == 0 for v in status.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
