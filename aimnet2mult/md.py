@@ -268,6 +268,9 @@ def run(args) -> int:
     from ase.io import read
 
     from .calculators import ModelSource
+    from .tools.allocator import keep_freed_memory
+
+    keep_freed_memory()  # large systems: no mmap/munmap of the temporaries at every step
 
     inp = Path(args.input)
     if not inp.is_file():

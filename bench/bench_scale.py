@@ -162,6 +162,8 @@ def _row_line(r):
 def _run_one(n, arm, args):
     cmd = [sys.executable, __file__, "--one", str(n), "--arm", arm, "--repeats", str(args.repeats),
            "--coulomb", args.coulomb, "--neighbor-list", args.neighbor_list, "--device", args.device]
+    if args.default_malloc:
+        cmd.append("--default-malloc")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stderr, file=sys.stderr)
@@ -179,10 +181,17 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--no-aimnet", action="store_true", help="leave out the aimnet package arm")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="keep glibc's default mmap threshold (by default both arms run with "
+                        "aimnet2mult.tools.allocator.keep_freed_memory(), as 'aimnet2mult md' does)")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size, print JSON
     p.add_argument("--arm", default="aimnet2mult", choices=ARMS, help=argparse.SUPPRESS)  # internal, with --one
     args = p.parse_args(argv)
     if args.one:
+        if not args.default_malloc:
+            from aimnet2mult.tools.allocator import keep_freed_memory
+
+            keep_freed_memory()
         print(json.dumps(one_size(args.one, args.repeats, args.coulomb, args.neighbor_list, args.device, args.arm)))
         return 0
 
