@@ -19,7 +19,7 @@ Engines: ``ase`` (the ``AIMNet2Mult`` calculator; Langevin for NVT, velocity Ver
 import argparse
 import csv
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -99,6 +99,29 @@ def _frame(atoms, row: Dict[str, float]):
     return frame
 
 
+def openmm_energies_ev(state) -> Tuple[float, float]:
+    """(potential, kinetic) energy in eV of an OpenMM State taken with getEnergy=True."""
+    from openmm import unit
+
+    kj = unit.kilojoule_per_mole
+    return (state.getPotentialEnergy().value_in_unit(kj) / EV_TO_KJ_PER_MOL,
+            state.getKineticEnergy().value_in_unit(kj) / EV_TO_KJ_PER_MOL)
+
+
+def run_in_chunks(advance, record, steps: int, interval: int, bar) -> None:
+    """Record step 0, then advance ``interval`` steps at a time (the last chunk may be shorter),
+    recording after each chunk and updating the progress bar."""
+    record(0)
+    done = 0
+    while done < steps:
+        n = min(interval, steps - done)
+        advance(n)
+        done += n
+        record(done)
+        bar.update(n)
+    bar.close()
+
+
 def run_ase(atoms, source, fidelity, charge, mult, args, traj_path: Path) -> List[Dict[str, float]]:
     from ase import units
     from ase.io import write
@@ -124,15 +147,7 @@ def run_ase(atoms, source, fidelity, charge, mult, args, traj_path: Path) -> Lis
         rows.append(row)
         write(traj_path, _frame(atoms, row), format="extxyz", append=step > 0)
 
-    record(0)
-    done = 0
-    while done < args.steps:
-        n = min(args.interval, args.steps - done)
-        dyn.run(n)
-        done += n
-        record(done)
-        bar.update(n)
-    bar.close()
+    run_in_chunks(dyn.run, record, args.steps, args.interval, bar)
     return rows
 
 
@@ -211,22 +226,13 @@ def run_openmm(atoms, source, fidelity, charge, mult, args, traj_path: Path) -> 
 
     def record(step):
         st = context.getState(getEnergy=True, getPositions=True)
-        epot = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
-        ekin = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
+        epot, ekin = openmm_energies_ev(st)
         frame.positions = st.getPositions(asNumpy=True).value_in_unit(unit.nanometer) * NM_TO_ANGSTROM
         row = energy_row(step, args.timestep, epot, ekin, len(atoms))
         rows.append(row)
         write(traj_path, _frame(frame, row), format="extxyz", append=step > 0)
 
-    record(0)
-    done = 0
-    while done < args.steps:
-        n = min(args.interval, args.steps - done)
-        integrator.step(n)
-        done += n
-        record(done)
-        bar.update(n)
-    bar.close()
+    run_in_chunks(integrator.step, record, args.steps, args.interval, bar)
     return rows
 
 

@@ -32,3 +32,13 @@ def wb97m_file():
 @pytest.fixture(scope="session")
 def b973c_file():
     return official_file("b973c")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small molecules: one torch thread is fastest (two threads thrash on a loaded 2-core machine).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,13 +16,7 @@ from helpers import small_checkpoint
 from molecules import get as get_molecule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small molecules: one torch thread is fastest (two threads thrash on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

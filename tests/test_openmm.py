@@ -29,12 +29,7 @@ sys.path.insert(0, str(ROOT / "examples" / "md"))
 KJ_NM = KJ * 10.0  # eV/Å -> kJ/mol/nm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ from ase.build import molecule
 from openmm import app, unit
 
 import _helpers
-from aimnet2mult.md import energy_row, plot_energy, write_log
-from aimnet2mult.units import EV_TO_KJ_PER_MOL
+from aimnet2mult.md import energy_row, openmm_energies_ev, plot_energy, write_log
 
 # Illustrative MM template for methanol (units: nm, rad, kJ/mol, e). Only the charges and LJ
 # parameters matter in the ML/MM system (solute-water interactions); the bonded terms are used only
@@ -121,8 +120,7 @@ def main():
         if step:
             simulation.step(10)
         state = simulation.context.getState(getEnergy=True)
-        epot = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
-        ekin = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
+        epot, ekin = openmm_energies_ev(state)
         rows.append(energy_row(step, 0.5, epot, ekin, dof / 3.0))  # T from the true degrees of freedom
     write_log(rows, args.output_dir / "mlmm_energy.csv")
     plot_energy(rows, args.output_dir / "mlmm_energy.png",

@@ -11,7 +11,7 @@ from ase.build import molecule
 from openmm import app, unit
 
 import _helpers
-from aimnet2mult.md import energy_row, openmm_topology, plot_energy, write_log
+from aimnet2mult.md import energy_row, openmm_energies_ev, openmm_topology, plot_energy, write_log
 from aimnet2mult.openmm import create_torch_force
 from aimnet2mult.units import EV_TO_KJ_PER_MOL
 
@@ -49,8 +49,7 @@ def main():
         if step:
             simulation.step(10)
         state = simulation.context.getState(getEnergy=True)
-        epot = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
-        ekin = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
+        epot, ekin = openmm_energies_ev(state)
         rows.append(energy_row(step, args.timestep, epot, ekin, len(atoms)))
     write_log(rows, args.output_dir / "openmm_energy.csv")
     plot_energy(rows, args.output_dir / "openmm_energy.png",
