@@ -149,9 +149,10 @@ def test_dense_and_flat_layouts_agree_official_parity_molecules(official, tmp_pa
 
 # ------------------------------------------------------------------------------------ cell list
 def test_cell_list_matches_vesin():
-    builder = torch.jit.script(TorchCellList())
-    chunked = torch.jit.script(TorchCellList(bins_per_cutoff=2, max_candidates=64))
-    fine = TorchCellList(bins_per_cutoff=3, max_candidates=1000)
+    builder = torch.jit.script(TorchCellList(all_pairs_max_atoms=0))  # the cell list, also when isolated
+    small_all_pairs = torch.jit.script(TorchCellList())  # isolated systems here (< 40 atoms): all pairs
+    chunked = torch.jit.script(TorchCellList(bins_per_cutoff=2, max_candidates=64, all_pairs_max_atoms=0))
+    fine = TorchCellList(bins_per_cutoff=3, max_candidates=1000, all_pairs_max_atoms=0)
     g = torch.Generator().manual_seed(0)
     kinds = ["cubic", "triclinic", "small", "partial", "isolated", "molecules"]
     n_checked = 0
@@ -178,7 +179,7 @@ def test_cell_list_matches_vesin():
         for full in (True, False):
             ref = same_molecule(*vesin_pairs(x, cell, pbc, cutoff, full), mol)
             expected = canonical(*ref, full)
-            for b in (builder, chunked, fine):
+            for b in (builder, small_all_pairs, chunked, fine):
                 got = b.pairs(x, cell, pbc, mol, cutoff, full)
                 assert got[2].dtype == torch.int32
                 assert canonical(*got, full) == expected, (trial, kind, full, cutoff)
