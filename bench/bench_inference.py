@@ -35,9 +35,11 @@ count closest to each size asked for (9, 20, 50, 99, 300 atoms by default), bond
 placed tetrahedrally — a rod (~100 Å at 300 atoms), no contacts closer than 3.7 Å between backbone
 atoms four or more bonds apart.
 
-OpenMP: ``OMP_WAIT_POLICY=PASSIVE`` unless the caller sets it (waiting threads sleep): with
-libgomp's spinning waits, a second process holding one of the 2 cores made single calls 10-100x
-slower, for every arm alike.
+OpenMP wait policy: the caller's ``OMP_WAIT_POLICY`` (unset = libgomp's default: waiting threads
+spin for a while, then sleep; recorded in the JSON). It changes the ratios: with sleeping waits
+(``PASSIVE``) every parallel operator pays a thread wake-up (tens of µs), which costs the official
+member (more, smaller operators) more than aimnet2mult; with spinning waits a second process on one
+of the 2 cores can make single calls 10-100x slower. ``run_all.py`` measures both.
 
 Output (``--out``): ``inference.json`` (rows, per-arm times, ratios, energy checks, machine load),
 ``inference.png`` (ms per call and µs per atom against atoms), and the exported potential.
@@ -58,10 +60,8 @@ from pathlib import Path
 
 import numpy as np
 
-# OpenMP threads that sleep instead of spinning while they wait: on a shared 2-core machine spinning
-# threads (libgomp's default) made single calls 10-100x slower whenever another process held a core
-# (measured); set before torch loads OpenMP. An OMP_WAIT_POLICY given by the caller is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OMP_WAIT_POLICY: the caller's (see the module docstring); run_all.py sets it per run
+DEFAULT_WAIT_POLICY = "unset (libgomp default: spin, then sleep)"
 
 TARGET_OFFICIAL = 0.5
 TARGET_AIMNET = 0.7
@@ -345,7 +345,7 @@ def run(args):
         rows.append(row)
         print(_row_line(row), flush=True)
     return {"benchmark": "inference", "device": "cpu", "threads": args.threads, "torch": torch.__version__,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_at_start": load0,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or DEFAULT_WAIT_POLICY, "load_at_start": load0,
             "python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
             "weights": f"{path.name} member 0", "exported": str(jpt), "export_s": export_s,
             "aimnet": aimnet_info, "aimnet_left_out": reason, "rows": rows,

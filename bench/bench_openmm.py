@@ -33,8 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-# sleeping OpenMP waits: see bench_inference.py (set before torch loads OpenMP; a caller's value is kept)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OMP_WAIT_POLICY: the caller's (unset = libgomp's default); see bench_inference.py
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -201,14 +200,16 @@ def run(args):
         summary["energies_agree"] = all(d <= E_TOL_EV for d in summary["energy_dev_eV"].values())
     atoms = next((x["atoms"] for runs in results.values() for x in runs if "atoms" in x), None)
     return {"benchmark": "openmm", "atoms": atoms, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-            "threads": args.threads, "platform": args.platform, "integrator": "LangevinMiddle 300 K, 1/ps, 0.5 fs",
+            "threads": args.threads, "platform": args.platform,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or "unset (libgomp default: spin, then sleep)",
+            "integrator": "LangevinMiddle 300 K, 1/ps, 0.5 fs",
             "weights": f"{official_file().name} member 0", "arms": arms, "runs": results, "target": TARGET,
             "summary": summary}
 
 
 def print_table(result):
     print(f"\nOpenMM MD, {result['atoms']} atoms, {result['platform']} platform, {result['threads']} torch threads, "
-          f"{result['steps']} steps x {result['rounds']} rounds (median)")
+          f"{result['steps']} steps x {result['rounds']} rounds (median), OMP_WAIT_POLICY={result['omp_wait_policy']}")
     print(f"{'force':<28}{'steps/s':>10}{'ms/step':>10}{'E0 kJ/mol':>18}")
     for arm, v in result["arms"].items():
         if v["steps_per_s"] is None:

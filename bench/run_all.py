@@ -2,6 +2,7 @@
 subprocess, collects their JSON and prints one table of ratios against the targets.
 
     python bench/run_all.py [--out bench_out] [--quick] [--only inference openmm scale train]
+                            [--omp-wait-policies default PASSIVE]
 
 * ``inference`` — ``bench/bench_inference.py``: energy + forces per call, CPU 2 threads, 10-300 atom
   molecules: aimnet2mult's exported potential / the official AIMNet2 member / the ``aimnet`` package
@@ -16,6 +17,13 @@ subprocess, collects their JSON and prints one table of ratios against the targe
 Writes into ``--out``: each benchmark's JSON (and ``inference.png``), ``<name>.log`` (its full
 output), ``summary.json`` and ``summary.md``. ``--quick`` runs every benchmark with smoke settings.
 The exit code is 0 when every benchmark ran (targets missed are reported, not failures).
+
+OpenMP wait policy: ``inference`` and ``openmm`` run once per policy in ``--omp-wait-policies``
+(``default`` = ``OMP_WAIT_POLICY`` unset, libgomp's spin-then-sleep, what a user gets;
+``PASSIVE`` = waiting threads sleep; ``ACTIVE`` = they spin). The policy changes the ratios on
+2 threads: sleeping waits add a thread wake-up to every parallel operator, which costs the official
+member (more, smaller operators) more than aimnet2mult. The first policy's results are written to
+``--out``, the others to ``--out/omp_<policy>/``; ``scale`` and ``train`` run under the first only.
 """
 
 import argparse
@@ -29,12 +37,24 @@ import sys
 import time
 from pathlib import Path
 
-# every benchmark inherits sleeping OpenMP waits (see bench_inference.py); a caller's value is kept
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BENCHES = ["inference", "openmm", "scale", "train"]
+POLICY_SENSITIVE = ("inference", "openmm")  # run once per OpenMP wait policy
+POLICIES = ("default", "PASSIVE", "ACTIVE")
+
+
+def policy_env(policy: str):
+    """Environment for a benchmark subprocess under one OpenMP wait policy ('default' = unset)."""
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if policy != "default":
+        env["OMP_WAIT_POLICY"] = policy
+    return env
+
+
+def policy_dir(out: Path, policy: str, first: str) -> Path:
+    return out if policy == first else out / f"omp_{policy.lower()}"
 
 
 def bundled_training_files():
@@ -56,12 +76,13 @@ def commands(out: Path, quick: bool):
     return cmds
 
 
-def run_one(name, cmd, out: Path):
-    print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+def run_one(name, cmd, out: Path, policy: str = "default"):
+    print(f"\n=== {name} (OpenMP wait policy {policy}): {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
     log = out / f"{name}.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT))
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT),
+                                env=policy_env(policy))
         lines = []
         for line in proc.stdout:
             f.write(line)
@@ -107,12 +128,58 @@ def _fmt(v, spec="{:.2f}"):
     return "-" if v is None else spec.format(v)
 
 
-def summarize(out: Path, status):
-    """(summary dict, list of table rows (benchmark, measure, value, target, verdict))."""
+def inference_rows(inf, tag: str):
+    rows = []
+    for r in inf["rows"]:
+        ms = r["ms_per_call"]
+        msg = " / ".join(f"{k} {v:.1f}" for k, v in ms.items())
+        tgt = inf["targets"]["atoms_range"]
+        in_range = tgt[0] <= r["target_atoms"] <= tgt[1]
+        rows.append(("inference", f"{r['atoms']} atoms: ours/official{tag}", _fmt(r["ratio_vs_official"]) + "x",
+                     f"<= {inf['targets']['vs_official']}" if in_range else "(info)",
+                     _verdict(r["ratio_vs_official"] <= inf["targets"]["vs_official"]) if in_range else "",
+                     f"ms/call {msg}"))
+        if "aimnet2mult_dense" in ms:
+            rows.append(("inference", f"{r['atoms']} atoms: ours dense layout/official{tag}",
+                         _fmt(ms["aimnet2mult_dense"] / ms["official"]) + "x", "(info)", "",
+                         "all-pairs layout of the same file"))
+        if r["ratio_vs_aimnet"] is not None:
+            rows.append(("inference", f"{r['atoms']} atoms: ours/aimnet{tag}", _fmt(r["ratio_vs_aimnet"]) + "x",
+                         f"<= {inf['targets']['vs_aimnet']}" if in_range else "(info)",
+                         _verdict(r["ratio_vs_aimnet"] <= inf["targets"]["vs_aimnet"]) if in_range else "", ""))
+    d_off = max(r["checks"]["official"]["dE_eV"] for r in inf["rows"])
+    rows.append(("inference", f"max abs dE, ours vs official{tag}", f"{d_off:.1e} eV",
+                 f"<= {inf['targets']['energy_eV']}", _verdict(d_off <= inf["targets"]["energy_eV"]),
+                 "dense, all-pairs D3 and Coulomb"))
+    d_a = [r["checks"]["aimnet"]["dE_eV"] for r in inf["rows"] if "aimnet" in r["checks"]]
+    if d_a:
+        rows.append(("inference", f"max abs dE, ours vs aimnet{tag}", f"{max(d_a):.1e} eV",
+                     f"<= {inf['targets']['energy_eV']}", _verdict(max(d_a) <= inf["targets"]["energy_eV"]),
+                     "ours exported with float64 atomic shifts, as aimnet keeps them"))
+    if inf.get("aimnet_left_out"):
+        rows.append(("inference", "aimnet column", "left out", "", "", inf["aimnet_left_out"]))
+    return rows
+
+
+def openmm_rows(omm, tag: str):
+    s = omm.get("summary") or {}
+    sps = " / ".join(f"{a} {_fmt(v['steps_per_s'], '{:.1f}')}" for a, v in omm["arms"].items())
+    if not s:
+        return [("openmm", f"ratio{tag}", "-", f">= {omm['target']}", "n/a", f"steps/s {sps}")]
+    return [("openmm", f"{omm['atoms']} atoms: fastest ours / fastest official (steps/s){tag}",
+             _fmt(s["ratio"]) + "x", f">= {omm['target']}", _verdict(s["met"]), f"steps/s {sps}"),
+            ("openmm", f"max abs dE0 between arms{tag}", f"{max(s['energy_dev_eV'].values()):.1e} eV", "<= 0.0001",
+             _verdict(s["energies_agree"]), "")]
+
+
+def summarize(out: Path, status, policies=("default",)):
+    """(summary dict, list of table rows (benchmark, measure, value, target, verdict)).
+
+    Rows of the policy-sensitive benchmarks carry their OpenMP wait policy in brackets."""
     rows = []
     summary = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
                            "cpu_count": os.cpu_count(), "loadavg_1_5_15_at_end": os.getloadavg(),
-                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+                           "omp_wait_policies": list(policies)},
                "date": datetime.datetime.now().isoformat(timespec="seconds"), "status": status, "results": {}}
     try:
         import torch
@@ -121,63 +188,36 @@ def summarize(out: Path, status):
     except Exception:
         pass
 
-    inf = load_json(out / "inference.json")
-    if inf:
-        summary["results"]["inference"] = inf["summary"]
-        for r in inf["rows"]:
-            ms = r["ms_per_call"]
-            msg = " / ".join(f"{k} {v:.1f}" for k, v in ms.items())
-            tgt = inf["targets"]["atoms_range"]
-            in_range = tgt[0] <= r["target_atoms"] <= tgt[1]
-            rows.append(("inference", f"{r['atoms']} atoms: ours/official", _fmt(r["ratio_vs_official"]) + "x",
-                         f"<= {inf['targets']['vs_official']}" if in_range else "(info)",
-                         _verdict(r["ratio_vs_official"] <= inf["targets"]["vs_official"]) if in_range else "",
-                         f"ms/call {msg}"))
-            if "aimnet2mult_dense" in ms:
-                rows.append(("inference", f"{r['atoms']} atoms: ours dense layout/official",
-                             _fmt(ms["aimnet2mult_dense"] / ms["official"]) + "x", "(info)", "",
-                             "all-pairs layout of the same file"))
-            if r["ratio_vs_aimnet"] is not None:
-                rows.append(("inference", f"{r['atoms']} atoms: ours/aimnet", _fmt(r["ratio_vs_aimnet"]) + "x",
-                             f"<= {inf['targets']['vs_aimnet']}" if in_range else "(info)",
-                             _verdict(r["ratio_vs_aimnet"] <= inf["targets"]["vs_aimnet"]) if in_range else "", ""))
-        d_off = max(r["checks"]["official"]["dE_eV"] for r in inf["rows"])
-        rows.append(("inference", "max abs dE, ours vs official", f"{d_off:.1e} eV", f"<= {inf['targets']['energy_eV']}",
-                     _verdict(d_off <= inf["targets"]["energy_eV"]), "dense, all-pairs D3 and Coulomb"))
-        d_a = [r["checks"]["aimnet"]["dE_eV"] for r in inf["rows"] if "aimnet" in r["checks"]]
-        if d_a:
-            rows.append(("inference", "max abs dE, ours vs aimnet", f"{max(d_a):.1e} eV",
-                         f"<= {inf['targets']['energy_eV']}", _verdict(max(d_a) <= inf["targets"]["energy_eV"]),
-                         "ours exported with float64 atomic shifts, as aimnet keeps them"))
-        if inf.get("aimnet_left_out"):
-            rows.append(("inference", "aimnet column", "left out", "", "", inf["aimnet_left_out"]))
+    for policy in policies:
+        d = policy_dir(out, policy, policies[0])
+        tag = f" [{policy}]"
+        inf = load_json(d / "inference.json")
+        if inf:
+            summary["results"].setdefault("inference", {})[policy] = inf["summary"]
+            rows += inference_rows(inf, tag)
+    for policy in policies:
+        d = policy_dir(out, policy, policies[0])
+        omm = load_json(d / "openmm.json")
+        if omm:
+            s = omm.get("summary") or {}
+            summary["results"].setdefault("openmm", {})[policy] = {
+                **s, "steps_per_s": {a: v["steps_per_s"] for a, v in omm["arms"].items()}}
+            rows += openmm_rows(omm, f" [{policy}]")
 
-    omm = load_json(out / "openmm.json")
-    if omm:
-        s = omm.get("summary") or {}
-        summary["results"]["openmm"] = {**s, "steps_per_s": {a: v["steps_per_s"] for a, v in omm["arms"].items()}}
-        sps = " / ".join(f"{a} {_fmt(v['steps_per_s'], '{:.1f}')}" for a, v in omm["arms"].items())
-        if s:
-            rows.append(("openmm", f"{omm['atoms']} atoms: fastest ours / fastest official (steps/s)",
-                         _fmt(s["ratio"]) + "x", f">= {omm['target']}", _verdict(s["met"]), f"steps/s {sps}"))
-            rows.append(("openmm", "max abs dE0 between arms", f"{max(s['energy_dev_eV'].values()):.1e} eV", "<= 0.0001",
-                         _verdict(s["energies_agree"]), ""))
-        else:
-            rows.append(("openmm", "ratio", "-", f">= {omm['target']}", "n/a", f"steps/s {sps}"))
-
+    first = f" [{policies[0]}]"
     sc = load_json(out / "scale.json")
     if sc:
         summary["results"]["scale"] = sc
         per = " / ".join(f"{r['atoms']}: {r['per_atom_us']:.0f} us/atom, {r['peak_rss_gb']:.2f} GB"
                          for r in sc["rows"])
-        rows.append(("scale", f"water {sc['rows'][0]['atoms']} -> {sc['rows'][-1]['atoms']}: time/atom ratio",
+        rows.append(("scale", f"water {sc['rows'][0]['atoms']} -> {sc['rows'][-1]['atoms']}: time/atom ratio{first}",
                      _fmt(sc["ratio"]) + "x", f"<= {sc['target']}", _verdict(sc["ratio"] <= sc["target"]),
                      f"{sc['coulomb']}, {sc['neighbor_list']} lists; {per}"))
         vs = sc.get("vs_aimnet") or []
         if vs:
             for r in vs:
                 ratio = r.get("time_per_atom_ratio", r.get("ratio"))
-                rows.append(("scale", f"water {r['atoms']}: ours/aimnet time per atom", _fmt(ratio) + "x",
+                rows.append(("scale", f"water {r['atoms']}: ours/aimnet time per atom{first}", _fmt(ratio) + "x",
                              f"< {sc.get('target_vs_aimnet', 1.0)}",
                              _verdict(ratio < sc.get("target_vs_aimnet", 1.0)), ""))
         else:
@@ -188,7 +228,7 @@ def summarize(out: Path, status):
     if tr:
         summary["results"]["train"] = tr
         for r in tr["rows"]:
-            rows.append(("train", f"{r['loader']}: data wait", f"{100 * r['data_wait_fraction']:.1f} %", "< 10 %",
+            rows.append(("train", f"{r['loader']}: data wait{first}", f"{100 * r['data_wait_fraction']:.1f} %", "< 10 %",
                          _verdict(r["data_wait_fraction"] < 0.10), f"{r['molecules_per_s']:.0f} molecules/s, "
                          f"{r['ratio_vs_in_memory']:.2f}x in-memory"))
     summary["table"] = [dict(zip(("benchmark", "measure", "value", "target", "verdict", "detail"), r)) for r in rows]
@@ -216,7 +256,9 @@ def write_markdown(path: Path, summary, rows, cmdline: str):
     lines = [f"# Benchmark summary ({summary['date']})", "",
              f"Command: `{cmdline}`. Machine: {m['platform']}, {m['cpu_count']} CPUs, Python {m['python']}, "
              f"torch {m.get('torch', '?')}; load average at the end {tuple(round(x, 2) for x in m['loadavg_1_5_15_at_end'])} "
-             "(shared machine: ratios measured side by side in one run, absolute times are noise).", "",
+             "(shared machine: ratios measured side by side in one run, absolute times are noise). "
+             "[policy] = the OpenMP wait policy of the run (default = OMP_WAIT_POLICY unset: libgomp's "
+             "spin-then-sleep; PASSIVE = sleeping waits).", "",
              "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for r in rows:
         lines.append("| " + " | ".join(str(x).replace("|", "/") for x in r) + " |")
@@ -229,23 +271,33 @@ def main(argv=None):
     p.add_argument("--out", default="bench_out")
     p.add_argument("--quick", action="store_true", help="smoke settings for every benchmark")
     p.add_argument("--only", nargs="+", choices=BENCHES, default=BENCHES)
+    p.add_argument("--omp-wait-policies", nargs="+", choices=POLICIES, default=["default", "PASSIVE"],
+                   help="OpenMP wait policies for inference and openmm (default: %(default)s; the first is "
+                        "also used for scale and train)")
     args = p.parse_args(argv)
+    policies = list(dict.fromkeys(args.omp_wait_policies))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cmds = commands(out, args.quick)
     status = {}
     t_all = time.perf_counter()
     for name in args.only:
-        rc, text, secs = run_one(name, cmds[name], out)
-        status[name] = {"exit": rc, "seconds": secs, "command": cmds[name]}
-        if name == "train" and rc == 0:
-            rows = parse_train(text)
-            with open(out / "train.json", "w") as f:
-                json.dump({"benchmark": "train", "rows": rows, "data": cmds[name][cmds[name].index("--data") + 1:]
-                           if "--data" in cmds[name] else "synthetic", "target_data_wait": 0.10}, f, indent=1)
-        if rc != 0:
-            print(f"!!! {name} failed (exit {rc}); see {out / (name + '.log')}", flush=True)
-    summary, rows = summarize(out, status)
+        for policy in (policies if name in POLICY_SENSITIVE else policies[:1]):
+            d = policy_dir(out, policy, policies[0])
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{name}.json").unlink(missing_ok=True)  # never summarise a stale result
+            cmd = commands(d, args.quick)[name]
+            rc, text, secs = run_one(name, cmd, d, policy)
+            key = f"{name} [{policy}]" if name in POLICY_SENSITIVE else name
+            status[key] = {"exit": rc, "seconds": secs, "command": cmd, "omp_wait_policy": policy}
+            if name == "train" and rc == 0:
+                rows = parse_train(text)
+                with open(d / "train.json", "w") as f:
+                    json.dump({"benchmark": "train", "rows": rows, "omp_wait_policy": policy,
+                               "data": cmd[cmd.index("--data") + 1:] if "--data" in cmd else "synthetic",
+                               "target_data_wait": 0.10}, f, indent=1)
+            if rc != 0:
+                print(f"!!! {name} failed (exit {rc}); see {d / (name + '.log')}", flush=True)
+    summary, rows = summarize(out, status, policies)
     summary["total_seconds"] = time.perf_counter() - t_all
     with open(out / "summary.json", "w") as f:
         json.dump(summary, f, indent=1)

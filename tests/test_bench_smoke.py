@@ -16,6 +16,7 @@ E_TOL = 1e-4  # eV
 
 
 def _run(script, out, *extra):
+    # sleeping OpenMP waits: functional smoke runs beside other test processes on 2 cores
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--out", str(out), *extra],
                           capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=300)
@@ -65,14 +66,47 @@ def test_bench_openmm_quick(tmp_path):
     ("loader                     molecules/s   data wait   vs in-memory", None),
 ])
 def test_run_all_parses_train_table(text, expected):
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import run_all
-    finally:
-        sys.path.pop(0)
+    run_all = _run_all_module()
     rows = run_all.parse_train(text)
     if expected is None:
         assert rows == []
     else:
         assert rows[0]["molecules_per_s"] == pytest.approx(expected[0])
         assert rows[0]["data_wait_fraction"] == pytest.approx(expected[1])
+
+
+def _run_all_module():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import run_all
+    finally:
+        sys.path.pop(0)
+    return run_all
+
+
+def _inference_json(ratio_official, ratio_aimnet, policy):
+    row = {"atoms": 20, "target_atoms": 20, "ms_per_call": {"aimnet2mult": 2.0, "official": 2.0 / ratio_official},
+           "ratio_vs_official": ratio_official, "ratio_vs_aimnet": ratio_aimnet,
+           "checks": {"official": {"dE_eV": 1e-6, "ok": True}}}
+    return {"rows": [row], "omp_wait_policy": policy, "summary": {"worst_ratio_vs_official_10_100": ratio_official},
+            "targets": {"vs_official": 0.5, "vs_aimnet": 0.7, "energy_eV": 1e-4, "atoms_range": [10, 100]}}
+
+
+def test_run_all_reports_every_wait_policy(tmp_path, monkeypatch):
+    """Inference results of two OpenMP wait policies (first in --out, the other in omp_passive/)
+    both reach the summary, each row tagged with its policy and judged on its own numbers."""
+    run_all = _run_all_module()
+    (tmp_path / "omp_passive").mkdir()
+    (tmp_path / "inference.json").write_text(json.dumps(_inference_json(1.10, None, "unset")))
+    (tmp_path / "omp_passive" / "inference.json").write_text(json.dumps(_inference_json(0.40, None, "PASSIVE")))
+    summary, rows = run_all.summarize(tmp_path, {}, ["default", "PASSIVE"])
+    by_measure = {r[1]: r for r in rows}
+    assert by_measure["20 atoms: ours/official [default]"][2:5] == ("1.10x", "<= 0.5", "NOT met")
+    assert by_measure["20 atoms: ours/official [PASSIVE]"][2:5] == ("0.40x", "<= 0.5", "met")
+    assert set(summary["results"]["inference"]) == {"default", "PASSIVE"}
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert "OMP_WAIT_POLICY" not in run_all.policy_env("default")
+    assert run_all.policy_env("PASSIVE")["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert run_all.policy_dir(tmp_path, "PASSIVE", "default") == tmp_path / "omp_passive"
+    assert run_all.policy_dir(tmp_path, "default", "default") == tmp_path
