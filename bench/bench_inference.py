@@ -37,9 +37,11 @@ atoms four or more bonds apart.
 
 OpenMP wait policy: the caller's ``OMP_WAIT_POLICY`` (unset = libgomp's default: waiting threads
 spin for a while, then sleep; recorded in the JSON). It changes the ratios: with sleeping waits
-(``PASSIVE``) every parallel operator pays a thread wake-up (tens of µs), which costs the official
-member (more, smaller operators) more than aimnet2mult; with spinning waits a second process on one
-of the 2 cores can make single calls 10-100x slower. ``run_all.py`` measures both.
+(``PASSIVE``) every operator large enough to run in parallel pays a thread wake-up (tens of µs);
+the dense all-pairs layout (the official member's, and ours with ``--dense``) has many more of them
+than the neighbour-list layout, so PASSIVE made the official member 2.5-5x slower and ours 1.2-1.7x
+(measured, 9-99 atoms). With spinning waits a second process on one of the 2 cores can make single
+calls 10-100x slower. ``run_all.py`` measures both.
 
 Output (``--out``): ``inference.json`` (rows, per-arm times, ratios, energy checks, machine load),
 ``inference.png`` (ms per call and µs per atom against atoms), and the exported potential.

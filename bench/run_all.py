@@ -21,8 +21,8 @@ The exit code is 0 when every benchmark ran (targets missed are reported, not fa
 OpenMP wait policy: ``inference`` and ``openmm`` run once per policy in ``--omp-wait-policies``
 (``default`` = ``OMP_WAIT_POLICY`` unset, libgomp's spin-then-sleep, what a user gets;
 ``PASSIVE`` = waiting threads sleep; ``ACTIVE`` = they spin). The policy changes the ratios on
-2 threads: sleeping waits add a thread wake-up to every parallel operator, which costs the official
-member (more, smaller operators) more than aimnet2mult. The first policy's results are written to
+2 threads: sleeping waits add a thread wake-up to every parallel operator, which costs the dense
+all-pairs layout of the official member far more than aimnet2mult's neighbour lists. The first policy's results are written to
 ``--out``, the others to ``--out/omp_<policy>/``; ``scale`` and ``train`` run under the first only.
 """
 
