@@ -189,3 +189,47 @@ def test_float32_and_float64_shift_modes_differ_by_rounding_only():
     e32 = model(dict(inp))["energy"].item()
     ulp_c = np.spacing(np.float32(1036.1))
     assert 0 < abs(e64 - e32) <= 12 * ulp_c
+
+
+@pytest.mark.parametrize("layout", ["flat", "dense"])
+def test_joined_convolution_equals_separate_ones(layout):
+    """The backbone runs the atom (F channels) and charge (C channels) convolutions as one over
+    F + C channels; that equals the two run apart, and the flat layout equals a hand-written sum
+    over each atom's neighbours (S_i = Σ_j gs_ij x_j, V_i = A·Σ_j x_j gv_ij, P = |V|²)."""
+    from aimnet2mult.nn.conv import ShellConvolution, shell_sums
+
+    g = torch.Generator().manual_seed(3)
+    n, m, f, c, shells, h = 6, 4, 5, 2, 3, 4
+    atoms, charges = ShellConvolution(f, shells, h).double(), ShellConvolution(c, shells, h).double()
+    x_a = torch.randn(n, f, shells, generator=g, dtype=torch.float64)
+    x_q = torch.randn(n, c, 1, generator=g, dtype=torch.float64).expand(n, c, shells)
+    nbmat = torch.randint(0, n, (n, m), generator=g)
+    gs = torch.randn(n, m, shells, generator=g, dtype=torch.float64)
+    gv = torch.randn(n, m, shells, 3, generator=g, dtype=torch.float64)
+    if layout == "flat":
+        data = {"coord": torch.zeros(n, 3), "nbmat": nbmat}
+        args = (gs, gv)
+    else:  # the same pairs as a dense (1, N, N) layout, zero where j is not a listed neighbour
+        gs_d = torch.zeros(1, n, n, shells, dtype=torch.float64)
+        gv_d = torch.zeros(1, n, n, shells, 3, dtype=torch.float64)
+        for i in range(n):
+            for k in range(m):
+                gs_d[0, i, nbmat[i, k]] += gs[i, k]
+                gv_d[0, i, nbmat[i, k]] += gv[i, k]
+        data = {"coord": torch.zeros(1, n, 3)}
+        args = (gs_d, gv_d)
+        x_a, x_q = x_a.unsqueeze(0), x_q.unsqueeze(0)
+    agh = torch.cat([atoms.agh, charges.agh], dim=0)
+    s, p = shell_sums(torch.cat([x_a, x_q], dim=-2), *args, data, agh)
+    apart = [atoms(x_a, *args, data), charges(x_q, *args, data)]
+    joined = [torch.cat([s[..., :f, :].flatten(-2), p[..., :f, :].flatten(-2)], -1),
+              torch.cat([s[..., f:, :].flatten(-2), p[..., f:, :].flatten(-2)], -1)]
+    for one, two in zip(apart, joined):
+        assert torch.allclose(one, two, atol=1e-12)
+    # hand-written reference for the atom channels
+    x = x_a.reshape(n, f, shells)
+    s_ref = torch.stack([sum(gs[i, k] * x[nbmat[i, k]] for k in range(m)) for i in range(n)])
+    v_ref = torch.stack([sum(x[nbmat[i, k]].unsqueeze(-1) * gv[i, k] for k in range(m)) for i in range(n)])
+    v_ref = torch.einsum("ifgx,fgh->ifhx", v_ref, atoms.agh)
+    assert torch.allclose(s[..., :f, :].reshape(n, f, shells), s_ref, atol=1e-12)
+    assert torch.allclose(p[..., :f, :].reshape(n, f, h), (v_ref ** 2).sum(-1), atol=1e-12)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from . import nbops
 from .basis import RadialBasis
-from .conv import ShellConvolution, flat_pair_basis
+from .conv import ShellConvolution, flat_pair_basis, shell_sums
 from .mlp import make_mlp
 
 
@@ -75,11 +75,17 @@ class AIMNet2Backbone(nn.Module):
         q = torch.zeros(list(numbers.shape) + [c], dtype=a.dtype, device=a.device)
         aim = a.flatten(-2)
         n_pass = len(self.passes)
+        f = self.num_features
+        agh_both = torch.cat([self.conv_atoms.agh, self.conv_charges.agh], dim=0)
         for ipass, mlp in enumerate(self.passes):
-            feats = [a.flatten(-2), self.conv_atoms(a, gs, gv, data, w)]
-            if ipass > 0:
+            if ipass == 0:
+                feats = [a.flatten(-2), self.conv_atoms(a, gs, gv, data, w)]
+            else:
+                # atom and charge convolutions as one: F + C channels over the same pairs
                 qx = q.unsqueeze(-1).expand(list(q.shape) + [self.num_shells])
-                feats += [q, self.conv_charges(qx, gs, gv, data, w)]
+                s, p = shell_sums(torch.cat([a, qx], dim=-2), gs, gv, data, agh_both, w)
+                feats = [a.flatten(-2), s[..., :f, :].flatten(-2), p[..., :f, :].flatten(-2),
+                         q, s[..., f:, :].flatten(-2), p[..., f:, :].flatten(-2)]
             out = mlp(torch.cat(feats, dim=-1)).masked_fill(~mask, 0.0)
             if ipass == n_pass - 1:
                 aim = out

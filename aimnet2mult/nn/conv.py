@@ -1,6 +1,6 @@
 """Shell convolutions of AIMNet2 (scalar and vector parts), for atom features and charges."""
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,29 @@ def flat_pair_basis(gs: Tensor, gv: Tensor) -> Tensor:
     """
     w = torch.cat([gs.unsqueeze(-1), gv], dim=-1)
     return w.permute(2, 0, 3, 1).contiguous()
+
+
+def shell_sums(x: Tensor, gs: Tensor, gv: Tensor, data: Dict[str, Tensor], agh: Tensor,
+               w: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The two parts of a shell convolution (see :class:`ShellConvolution`) with mixing weights
+    ``agh`` (F, G, H): S (A..., F, G) and P (A..., F, H). Channels are independent, so several
+    convolutions over the same pairs run as one by concatenating their channels (and ``agh``)."""
+    if nbops.is_dense(data):
+        s = torch.einsum("bijg,bjfg->bifg", gs, x)
+        t = torch.einsum("bijgx,bjfg->bifgx", gv, x)
+    else:
+        if w is None:
+            w = flat_pair_basis(gs, gv)
+        nbmat = data["nbmat"]
+        x_g = x.permute(2, 0, 1).contiguous()  # (G, A, F)
+        # index_select: its backward is an index_add (advanced indexing's is a slower index_put)
+        x_j = torch.index_select(x_g, 1, nbmat.reshape(-1)).reshape(
+            x_g.shape[0], nbmat.shape[0], nbmat.shape[1], x_g.shape[2])  # (G, A, M, F)
+        res = torch.matmul(w, x_j)  # (G, A, 4, F)
+        s = res[:, :, 0].permute(1, 2, 0)  # (A, F, G)
+        t = res[:, :, 1:].permute(1, 3, 0, 2)  # (A, F, G, 3)
+    v = torch.einsum("...fgx,fgh->...fhx", t, agh)
+    return s, (v * v).sum(-1)
 
 
 class ShellConvolution(nn.Module):
@@ -45,20 +68,5 @@ class ShellConvolution(nn.Module):
                 w: Optional[Tensor] = None) -> Tensor:
         """x: atom tensor (A..., F, G); gs (P..., G); gv (P..., G, 3); w: optional precomputed
         flat pair basis. Returns (A..., F*G + F*H)."""
-        if nbops.is_dense(data):
-            s = torch.einsum("bijg,bjfg->bifg", gs, x)
-            t = torch.einsum("bijgx,bjfg->bifgx", gv, x)
-        else:
-            if w is None:
-                w = flat_pair_basis(gs, gv)
-            nbmat = data["nbmat"]
-            x_g = x.permute(2, 0, 1).contiguous()  # (G, A, F)
-            # index_select: its backward is an index_add (advanced indexing's is a slower index_put)
-            x_j = torch.index_select(x_g, 1, nbmat.reshape(-1)).reshape(
-                x_g.shape[0], nbmat.shape[0], nbmat.shape[1], x_g.shape[2])  # (G, A, M, F)
-            res = torch.matmul(w, x_j)  # (G, A, 4, F)
-            s = res[:, :, 0].permute(1, 2, 0)  # (A, F, G)
-            t = res[:, :, 1:].permute(1, 3, 0, 2)  # (A, F, G, 3)
-        v = torch.einsum("...fgx,fgh->...fhx", t, self.agh)
-        p = (v * v).sum(-1)
+        s, p = shell_sums(x, gs, gv, data, self.agh, w)
         return torch.cat([s.flatten(-2), p.flatten(-2)], dim=-1)
