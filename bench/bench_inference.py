@@ -62,8 +62,12 @@ from pathlib import Path
 
 import numpy as np
 
-# OMP_WAIT_POLICY: the caller's (see the module docstring); run_all.py sets it per run
-DEFAULT_WAIT_POLICY = "unset (libgomp default: spin, then sleep)"
+
+def omp_wait_policy() -> str:
+    """The OpenMP wait policy this process runs under, for the JSON records. The benchmarks take
+    the caller's ``OMP_WAIT_POLICY`` (see the module docstring); run_all.py sets it per run."""
+    return os.environ.get("OMP_WAIT_POLICY") or "unset (libgomp default: spin, then sleep)"
+
 
 TARGET_OFFICIAL = 0.5
 TARGET_AIMNET = 0.7
@@ -347,7 +351,7 @@ def run(args):
         rows.append(row)
         print(_row_line(row), flush=True)
     return {"benchmark": "inference", "device": "cpu", "threads": args.threads, "torch": torch.__version__,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or DEFAULT_WAIT_POLICY, "load_at_start": load0,
+            "omp_wait_policy": omp_wait_policy(), "load_at_start": load0,
             "python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
             "weights": f"{path.name} member 0", "exported": str(jpt), "export_s": export_s,
             "aimnet": aimnet_info, "aimnet_left_out": reason, "rows": rows,

@@ -158,7 +158,7 @@ def run_arm_subprocess(arm, jpt, args):
 
 
 def run(args):
-    from bench_inference import export_aimnet2mult, official_file
+    from bench_inference import export_aimnet2mult, official_file, omp_wait_policy
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +201,7 @@ def run(args):
     atoms = next((x["atoms"] for runs in results.values() for x in runs if "atoms" in x), None)
     return {"benchmark": "openmm", "atoms": atoms, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
             "threads": args.threads, "platform": args.platform,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or "unset (libgomp default: spin, then sleep)",
+            "omp_wait_policy": omp_wait_policy(),
             "integrator": "LangevinMiddle 300 K, 1/ps, 0.5 fs",
             "weights": f"{official_file().name} member 0", "arms": arms, "runs": results, "target": TARGET,
             "summary": summary}

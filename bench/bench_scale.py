@@ -203,7 +203,7 @@ def main(argv=None):
           f"{' in both arms' if len(arms) > 1 else ''}; "
           f"Coulomb {args.coulomb}" + (f" (rc {LR_CUTOFF} A, alpha {DSF_ALPHA})" if args.coulomb == "dsf" else "")
           + f", D3(BJ) cutoff {LR_CUTOFF} A; aimnet2mult lists: {args.neighbor_list}; "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY') or 'unset'}; load average {os.getloadavg()[0]:.2f}", flush=True)
+          f"OMP_WAIT_POLICY={bench_inference.omp_wait_policy()}; load average {os.getloadavg()[0]:.2f}", flush=True)
     rows, aimnet_rows, vs = [], [], []
     for n in sorted(args.sizes):
         got = {}
@@ -259,7 +259,7 @@ def main(argv=None):
                        "neighbor_list": args.neighbor_list, "device": args.device,
                        "weights": "aimnet2_wb97m-d3_ens.jpt member 0", "lr_cutoff_A": LR_CUTOFF,
                        "dsf_alpha": DSF_ALPHA, "d3_switch_width_A": D3_SWITCH,
-                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or "unset (libgomp default: spin, then sleep)",
+                       "omp_wait_policy": bench_inference.omp_wait_policy(),
                        "aimnet_rows": aimnet_rows, "aimnet_ratio": aimnet_ratio, "vs_aimnet": vs,
                        "target_vs_aimnet": TARGET_VS_AIMNET, "aimnet_left_out": reason,
                        "aimnet_version": bench_inference.aimnet_version() if reason is None else None},

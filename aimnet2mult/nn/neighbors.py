@@ -41,8 +41,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TorchCellList", "cell_list_pairs", "all_pairs_within", "padded_neighbor_matrix", "all_pairs_half", "half_list_mask",
-           "make_neighbor_list", "assemble_lists", "NEIGHBOR_LIST_LIBRARIES", "VerletNeighborList"]
+__all__ = ["TorchCellList", "cell_list_pairs", "all_pairs_within", "padded_neighbor_matrix", "all_pairs_half",
+           "half_list_mask", "make_neighbor_list", "assemble_lists", "NEIGHBOR_LIST_LIBRARIES", "VerletNeighborList"]
 
 #: names accepted by ``make_neighbor_list`` (and ``export_potential(neighbor_list=...)``)
 NEIGHBOR_LIST_LIBRARIES = ["torch", "vesin"]
