@@ -84,13 +84,16 @@ class AIMNet2Backbone(nn.Module):
                 # atom and charge convolutions as one: F + C channels over the same pairs
                 qx = q.unsqueeze(-1).expand(list(q.shape) + [self.num_shells])
                 s, p = shell_sums(torch.cat([a, qx], dim=-2), gs, gv, data, agh_both, w)
-                feats = [a.flatten(-2), s[..., :f, :].flatten(-2), p[..., :f, :].flatten(-2),
-                         q, s[..., f:, :].flatten(-2), p[..., f:, :].flatten(-2)]
+                # split (one backward node each) rather than slices (one zero-filled gradient each)
+                s_a, s_q = torch.split(s, [f, c], dim=-2)
+                p_a, p_q = torch.split(p, [f, c], dim=-2)
+                feats = [a.flatten(-2), s_a.flatten(-2), p_a.flatten(-2), q, s_q.flatten(-2), p_q.flatten(-2)]
             out = mlp(torch.cat(feats, dim=-1)).masked_fill(~mask, 0.0)
             if ipass == n_pass - 1:
                 aim = out
             else:
-                q_raw = out[..., :c] if ipass == 0 else q + out[..., :c]
-                q = charge_equilibration(charge_channels, q_raw, out[..., c:2 * c], data)
-                a = a + out[..., 2 * c:].reshape(shape)
+                dq, phi, da = torch.split(out, [c, c, out.shape[-1] - 2 * c], dim=-1)
+                q_raw = dq if ipass == 0 else q + dq
+                q = charge_equilibration(charge_channels, q_raw, phi, data)
+                a = a + da.reshape(shape)
         return aim, q

@@ -35,8 +35,9 @@ def shell_sums(x: Tensor, gs: Tensor, gv: Tensor, data: Dict[str, Tensor], agh: 
         x_j = torch.index_select(x_g, 1, nbmat.reshape(-1)).reshape(
             x_g.shape[0], nbmat.shape[0], nbmat.shape[1], x_g.shape[2])  # (G, A, M, F)
         res = torch.matmul(w, x_j)  # (G, A, 4, F)
-        s = res[:, :, 0].permute(1, 2, 0)  # (A, F, G)
-        t = res[:, :, 1:].permute(1, 3, 0, 2)  # (A, F, G, 3)
+        s, t = torch.split(res, [1, 3], dim=2)
+        s = s.squeeze(2).permute(1, 2, 0)  # (A, F, G)
+        t = t.permute(1, 3, 0, 2)  # (A, F, G, 3)
     v = torch.einsum("...fgx,fgh->...fhx", t, agh)
     return s, (v * v).sum(-1)
 

@@ -120,6 +120,8 @@ def mol_sum(x: Tensor, data: Dict[str, Tensor]) -> Tensor:
     """
     if is_dense(data):
         return x.sum(1)
+    if num_molecules(data) == 1:
+        return x.sum(0, keepdim=True)
     shape = [num_molecules(data)] + list(x.shape[1:])
     out = torch.zeros(shape, dtype=x.dtype, device=x.device)
     return out.index_add(0, data["mol_idx"], x)
@@ -129,6 +131,9 @@ def mol_to_atoms(x: Tensor, data: Dict[str, Tensor]) -> Tensor:
     """Broadcast a per-molecule tensor to atoms: (B,...)->(B,1,...) or (n_mol,...)->(A,...)."""
     if is_dense(data):
         return x.unsqueeze(1)
+    if x.shape[0] == 1:
+        # one molecule: a view, no gather (and no scatter in the backward pass)
+        return x.expand([data["mol_idx"].shape[0]] + list(x.shape[1:]))
     return take_rows(x, data["mol_idx"])
 
 
