@@ -78,6 +78,13 @@ class Potential(nn.Module):
         self.min_distance = MIN_DISTANCE
         self.max_images = MAX_IMAGES
         self.neighbor_list = neighbor_list if neighbor_list is not None else TorchCellList()
+        model.manual_forces = True
+
+    @torch.jit.export
+    def set_manual_forces(self, enabled: bool) -> None:
+        """Forces of the flat layout by the network's hand-written VJP (default, faster) or by
+        autograd through the whole network (the reference the tests compare against)."""
+        self.model.manual_forces = enabled
 
     # ------------------------------------------------------------------------------ settings
     @torch.jit.export
@@ -470,7 +477,16 @@ class Potential(nn.Module):
             else:
                 e_disp = e_disp + disp(numbers_a, out["d_ij"], out["pair_mask"], out, "nbmat")
         energy = energy + e_disp
-        grads = torch.autograd.grad([energy.sum()], leaves, allow_unused=True)
+        outputs: List[Tensor] = []
+        seeds: List[Optional[Tensor]] = []
+        if energy.requires_grad:  # not when the network's gradient is all in the VJP below
+            outputs.append(energy.sum())
+            seeds.append(torch.ones_like(outputs[0]))
+        if "vjp_basis" in out:
+            # the network's hand-written gradient with respect to its pair basis (see the model)
+            outputs.append(out["vjp_basis"])
+            seeds.append(out["vjp_basis_grad"])
+        grads = torch.autograd.grad(outputs, leaves, grad_outputs=seeds, allow_unused=True)
         torch.set_grad_enabled(grad_was_enabled)
         if float(min_real_distance(out["d_ij"].detach(), out["pair_mask"])) < self.min_distance:
             raise ValueError("two atoms are closer than {} Å (coincident atoms, or an atom and its periodic "

@@ -7,8 +7,9 @@ from torch import Tensor, nn
 
 from . import nbops
 from .basis import RadialBasis
-from .conv import ShellConvolution, flat_pair_basis, shell_sums
-from .mlp import make_mlp
+from .conv import (ShellConvolution, flat_pair_basis, flat_shell_sums_recorded, flat_shell_sums_vjp,
+                   shell_sums)
+from .mlp import make_mlp, mlp_vjp
 
 
 def charge_equilibration(total: Tensor, q_raw: Tensor, phi: Tensor, data: Dict[str, Tensor]) -> Tensor:
@@ -22,6 +23,18 @@ def charge_equilibration(total: Tensor, q_raw: Tensor, phi: Tensor, data: Dict[s
     w_sum = nbops.mol_sum(w, data) + 1e-6
     excess = total - nbops.mol_sum(q_raw, data)
     return q_raw + w / nbops.mol_to_atoms(w_sum, data) * nbops.mol_to_atoms(excess, data)
+
+
+def charge_equilibration_vjp(g_q: Tensor, w: Tensor, w_sum: Tensor, excess: Tensor, phi: Tensor,
+                             data: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+    """VJP of :func:`charge_equilibration` (w = φ², w_sum and excess per molecule as there):
+    g_q (A..., C) -> (gradient of q_raw, gradient of φ)."""
+    s_atoms = nbops.mol_to_atoms(w_sum, data)
+    r = w / s_atoms
+    gr = nbops.mol_to_atoms(nbops.mol_sum(g_q * r, data), data)  # Σ_k g_k w_k / S per molecule
+    g_q_raw = g_q - gr
+    g_w = nbops.mol_to_atoms(excess, data) / s_atoms * (g_q - gr)
+    return g_q_raw, 2.0 * phi * g_w
 
 
 class AIMNet2Backbone(nn.Module):
@@ -97,3 +110,107 @@ class AIMNet2Backbone(nn.Module):
                 q = charge_equilibration(charge_channels, q_raw, phi, data)
                 a = a + da.reshape(shape)
         return aim, q
+
+    # ------------------------------------------------------------------ hand-written VJP (flat)
+    def forward_recorded(self, numbers: Tensor, charge_channels: Tensor, data: Dict[str, Tensor],
+                         w: Tensor) -> Tuple[Tensor, Tensor, List[int], List[Tensor], List[int], List[Tensor]]:
+        """The flat-layout forward (run it under no_grad) that keeps what :meth:`vjp` needs.
+
+        w: the flat pair basis (G, A, 4, M) of :func:`flat_pair_basis`. Returns (aim, q, the
+        MLP records (kinds, saved, per-pass boundaries), per-pass tensors)."""
+        nbmat = data["nbmat"]
+        mask = (numbers != 0).unsqueeze(-1)
+        shape = list(numbers.shape) + [self.num_features, self.num_shells]
+        a = self.embedding(numbers).view(shape)
+        c = self.num_charge_channels
+        f = self.num_features
+        q = torch.zeros(list(numbers.shape) + [c], dtype=a.dtype, device=a.device)
+        aim = a.flatten(-2)
+        n_pass = len(self.passes)
+        agh_both = torch.cat([self.conv_atoms.agh, self.conv_charges.agh], dim=0)
+        kinds: List[int] = []
+        saved: List[Tensor] = []
+        bounds: List[int] = [0]
+        keep: List[Tensor] = []  # per pass: x_j, v, then (not last) φ, w, w_sum, excess
+        for ipass, mlp in enumerate(self.passes):
+            if ipass == 0:
+                s, p, x_j, v = flat_shell_sums_recorded(a, w, nbmat, self.conv_atoms.agh)
+                h = torch.cat([a.flatten(-2), s.flatten(-2), p.flatten(-2)], dim=-1)
+            else:
+                qx = q.unsqueeze(-1).expand(list(q.shape) + [self.num_shells])
+                s, p, x_j, v = flat_shell_sums_recorded(torch.cat([a, qx], dim=-2), w, nbmat, agh_both)
+                s_a, s_q = torch.split(s, [f, c], dim=-2)
+                p_a, p_q = torch.split(p, [f, c], dim=-2)
+                h = torch.cat([a.flatten(-2), s_a.flatten(-2), p_a.flatten(-2), q, s_q.flatten(-2),
+                               p_q.flatten(-2)], dim=-1)
+            keep.append(x_j)
+            keep.append(v)
+            for layer in mlp:
+                h = layer.record(h, kinds, saved)
+            bounds.append(len(kinds))
+            out = h.masked_fill(~mask, 0.0)
+            if ipass == n_pass - 1:
+                aim = out
+            else:
+                dq, phi, da = torch.split(out, [c, c, out.shape[-1] - 2 * c], dim=-1)
+                q_raw = dq if ipass == 0 else q + dq
+                wq = phi * phi
+                w_sum = nbops.mol_sum(wq, data) + 1e-6
+                excess = charge_channels - nbops.mol_sum(q_raw, data)
+                q = q_raw + wq / nbops.mol_to_atoms(w_sum, data) * nbops.mol_to_atoms(excess, data)
+                a = a + da.reshape(shape)
+                keep.append(phi)
+                keep.append(wq)
+                keep.append(w_sum)
+                keep.append(excess)
+        return aim, q, kinds, saved, bounds, keep
+
+    def vjp(self, g_aim: Tensor, g_q_out: Tensor, numbers: Tensor, data: Dict[str, Tensor], w: Tensor,
+            kinds: List[int], saved: List[Tensor], bounds: List[int], keep: List[Tensor]) -> Tensor:
+        """Gradient of Σ g_aim·aim + Σ g_q_out·q with respect to the flat pair basis W (G, A, 4, M),
+        from the records of :meth:`forward_recorded`. The element embedding does not depend on
+        the coordinates, so the first pass's convolution input gets no gradient."""
+        nbmat = data["nbmat"]
+        mask = (numbers != 0).unsqueeze(-1)
+        c = self.num_charge_channels
+        f = self.num_features
+        g = self.num_shells
+        n_pass = len(self.passes)
+        n_a = numbers.shape[0]
+        agh_both = torch.cat([self.conv_atoms.agh, self.conv_charges.agh], dim=0)
+        h_f = self.conv_atoms.agh.shape[-1]
+        g_w = torch.zeros_like(w)
+        g_a = torch.zeros(n_a, f, g, dtype=w.dtype, device=w.device)
+        g_q = g_q_out
+        for ipass in range(n_pass - 1, -1, -1):
+            base = 6 * ipass  # passes 0..n-2 keep 6 tensors each, the last one 2
+            x_j = keep[base]
+            v = keep[base + 1]
+            if ipass == n_pass - 1:
+                g_out = g_aim
+            else:
+                phi, wq, w_sum, excess = keep[base + 2], keep[base + 3], keep[base + 4], keep[base + 5]
+                g_q_raw, g_phi = charge_equilibration_vjp(g_q, wq, w_sum, excess, phi, data)
+                g_out = torch.cat([g_q_raw, g_phi, g_a.flatten(-2)], dim=-1)
+                # q_raw = q + dq (passes >= 1): q's gradient so far is g_q_raw; a = a + da keeps g_a
+                g_q = g_q_raw
+            g_out = g_out.masked_fill(~mask, 0.0)
+            if ipass == 0:
+                # the first pass's input starts with the embedding, which needs no gradient
+                g_in = mlp_vjp(g_out, kinds, saved, bounds[ipass], bounds[ipass + 1], f * g)
+                g_s, g_p = torch.split(g_in, [f * g, f * h_f], dim=-1)
+                g_w_pass, _ = flat_shell_sums_vjp(g_s.reshape(n_a, f, g), g_p.reshape(n_a, f, h_f), x_j, v, w,
+                                                  nbmat, self.conv_atoms.agh, False)
+                g_w = g_w + g_w_pass
+            else:
+                g_in = mlp_vjp(g_out, kinds, saved, bounds[ipass], bounds[ipass + 1])
+                g_a_in, g_s_a, g_p_a, g_q_in, g_s_q, g_p_q = torch.split(
+                    g_in, [f * g, f * g, f * h_f, c, c * g, c * h_f], dim=-1)
+                g_s = torch.cat([g_s_a.reshape(n_a, f, g), g_s_q.reshape(n_a, c, g)], dim=-2)
+                g_p = torch.cat([g_p_a.reshape(n_a, f, h_f), g_p_q.reshape(n_a, c, h_f)], dim=-2)
+                g_w_pass, g_x = flat_shell_sums_vjp(g_s, g_p, x_j, v, w, nbmat, agh_both, True)
+                g_w = g_w + g_w_pass
+                g_xa, g_xq = torch.split(g_x, [f, c], dim=-2)
+                g_a = g_a + g_a_in.reshape(n_a, f, g) + g_xa
+                g_q = g_q + g_q_in + g_xq.sum(-1)
+        return g_w

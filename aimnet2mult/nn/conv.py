@@ -42,6 +42,36 @@ def shell_sums(x: Tensor, gs: Tensor, gv: Tensor, data: Dict[str, Tensor], agh: 
     return s, (v * v).sum(-1)
 
 
+def flat_shell_sums_recorded(x: Tensor, w: Tensor, nbmat: Tensor, agh: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`shell_sums` of the flat layout (no autograd) that also returns what
+    :func:`flat_shell_sums_vjp` needs: (S (A, K, G), P (A, K, H), x_j (G, A, M, K), V (A, K, H, 3))."""
+    x_g = x.permute(2, 0, 1).contiguous()
+    x_j = torch.index_select(x_g, 1, nbmat.reshape(-1)).reshape(
+        x_g.shape[0], nbmat.shape[0], nbmat.shape[1], x_g.shape[2])
+    res = torch.matmul(w, x_j)
+    s, t = torch.split(res, [1, 3], dim=2)
+    s = s.squeeze(2).permute(1, 2, 0)
+    v = torch.einsum("...fgx,fgh->...fhx", t.permute(1, 3, 0, 2), agh)
+    return s, (v * v).sum(-1), x_j, v
+
+
+def flat_shell_sums_vjp(g_s: Tensor, g_p: Tensor, x_j: Tensor, v: Tensor, w: Tensor, nbmat: Tensor,
+                        agh: Tensor, need_x: bool) -> Tuple[Tensor, Tensor]:
+    """Hand-written VJP of the flat shell sums: g_s (A, K, G), g_p (A, K, H) -> (gradient of the
+    pair basis W (G, A, 4, M), gradient of x (A, K, G); empty unless ``need_x``)."""
+    g_v = 2.0 * v * g_p.unsqueeze(-1)  # (A, K, H, 3)
+    g_t = torch.einsum("akhx,kgh->gaxk", g_v, agh)  # (G, A, 3, K)
+    g_res = torch.cat([g_s.permute(2, 0, 1).unsqueeze(2), g_t], dim=2)  # (G, A, 4, K)
+    g_w = torch.matmul(g_res, x_j.transpose(-1, -2))  # (G, A, 4, M)
+    if not need_x:
+        return g_w, torch.empty(0, dtype=g_s.dtype, device=g_s.device)
+    g_xj = torch.matmul(w.transpose(-1, -2), g_res)  # (G, A, M, K)
+    n_g, n_a, n_m, n_k = g_xj.shape[0], g_xj.shape[1], g_xj.shape[2], g_xj.shape[3]
+    g_xg = torch.zeros(n_g, n_a, n_k, dtype=g_s.dtype, device=g_s.device)
+    g_xg.index_add_(1, nbmat.reshape(-1), g_xj.reshape(n_g, n_a * n_m, n_k))
+    return g_w, g_xg.permute(1, 2, 0)
+
+
 class ShellConvolution(nn.Module):
     """Per-channel message passing over radial shells.
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from . import nbops
 from .backbone import AIMNet2Backbone
+from .conv import flat_pair_basis
 from .coulomb import Coulomb
 from .geometry import long_range_geometry, pair_geometry
 from .readout import EnergyReadout
@@ -40,6 +41,7 @@ class MultiFidelityAIMNet2(nn.Module):
     use_fidelity_readouts: bool
     cutoff: float
     use_coulomb: bool
+    manual_forces: bool
 
     def __init__(self, config: Dict[str, Any]):
         super().__init__()
@@ -65,6 +67,8 @@ class MultiFidelityAIMNet2(nn.Module):
             [EnergyReadout(int(cfg["aim_size"]), list(cfg["energy_head"]), rows, f64) for _ in range(n_readouts)])
         coul = coulomb_settings(cfg)
         self.use_coulomb = coul is not None
+        # exported potentials switch this on (see _forward_manual_vjp); training keeps autograd
+        self.manual_forces = False
         if coul is None:
             self.coulomb = Coulomb("none")
         else:
@@ -119,6 +123,9 @@ class MultiFidelityAIMNet2(nn.Module):
         dense = nbops.is_dense(data)
         if not dense and "pairs_lr" in data:
             data = long_range_geometry(data)
+        if (self.manual_forces and not dense and not self.training and len(self.readouts) == 1
+                and data["coord"].requires_grad):
+            return self._forward_manual_vjp(data, shifted, real)
         aim, q = self.backbone(shifted, self._charge_channels(data, dtype), data)
 
         if len(self.readouts) == 1:
@@ -147,3 +154,52 @@ class MultiFidelityAIMNet2(nn.Module):
             data["spin_charges"] = q[..., 0] - q[..., 1]
         return data
 
+
+    def _forward_manual_vjp(self, data: Dict[str, Tensor], shifted: Tensor, real: Tensor) -> Dict[str, Tensor]:
+        """Flat-layout forward for force evaluation (single readout, eval mode).
+
+        The network runs without autograd; the gradient of its energy with respect to the pair
+        basis W (``flat_pair_basis``) is computed by the hand-written VJPs of the backbone and
+        readout. The returned energy (network + Coulomb) carries autograd history only through
+        the Coulomb term; the caller adds the network's part of the forces as the vector-Jacobian
+        product of ``data['vjp_basis']`` W (which depends on the coordinates through the basis and
+        the geometry) with ``data['vjp_basis_grad']`` ∂E/∂W, i.e. ``torch.autograd.grad([E, W],
+        ..., grad_outputs=[1, ∂E/∂W])``. The Coulomb term's gradient with respect to the charges
+        enters the backbone VJP. (No ``x - x.detach()`` surrogate: TorchScript freezing, which
+        openmm-torch applies, removes the detach and with it the forces.)
+        """
+        dtype = self.backbone.embedding.weight.dtype
+        gs, gv = self.backbone.basis(data["d_ij"], data["u_ij"])
+        w = flat_pair_basis(gs, gv)
+        w0 = w.detach()
+        readout = self.readouts[0]
+        with torch.no_grad():
+            charge_channels = self._charge_channels(data, dtype)
+            aim, q, kinds, saved, bounds, keep = self.backbone.forward_recorded(shifted, charge_channels, data, w0)
+            e_atom, g_aim = readout.forward_vjp(aim, shifted, real.to(dtype))
+            e_atom = torch.where(real, e_atom, torch.zeros_like(e_atom))
+        energy = nbops.mol_sum(e_atom, data)
+        g_q = torch.zeros_like(q)
+        q_leaf = q.detach()
+        if self.coulomb.method != "none":
+            q_leaf.requires_grad_(True)
+            charges = q_leaf.sum(-1)
+            if "pairs_lr" in data:
+                e_coul = self.coulomb(charges, data["d_ij_lr"], data["pair_mask_lr"], data, "pairs_lr")
+            else:
+                e_coul = self.coulomb(charges, data["d_ij"], data["pair_mask"], data, "nbmat")
+            grads = torch.autograd.grad([e_coul.sum()], [q_leaf], retain_graph=True, allow_unused=True)
+            gq = grads[0]
+            if gq is not None:
+                g_q = gq
+            energy = energy + e_coul
+        with torch.no_grad():
+            g_w = self.backbone.vjp(g_aim, g_q, shifted, data, w0, kinds, saved, bounds, keep)
+        data["vjp_basis"] = w
+        data["vjp_basis_grad"] = g_w
+        data["atomic_energies"] = e_atom
+        data["energy"] = energy
+        data["charges"] = q.sum(-1)
+        if self.num_charge_channels == 2:
+            data["spin_charges"] = q[..., 0] - q[..., 1]
+        return data

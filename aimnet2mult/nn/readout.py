@@ -3,8 +3,8 @@
 import torch
 from torch import Tensor, nn
 
-from .mlp import make_mlp
-from typing import List
+from .mlp import make_mlp, mlp_vjp
+from typing import List, Tuple
 
 
 class EnergyReadout(nn.Module):
@@ -30,3 +30,20 @@ class EnergyReadout(nn.Module):
         if self.float64_shift:
             return e.double() + shift.double()
         return (e + shift.to(e.dtype)).double()
+
+    def forward_vjp(self, aim: Tensor, index: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
+        """Atomic energies (X,) float64 (run under no_grad) and the gradient of Σ weight·e with
+        respect to aim (X, n_in), by the hand-written VJP of the MLP. weight: (X,)."""
+        kinds: List[int] = []
+        saved: List[Tensor] = []
+        h = aim
+        for layer in self.mlp:
+            h = layer.record(h, kinds, saved)
+        e = h.squeeze(-1)
+        shift = self.shifts[index]
+        if self.float64_shift:
+            energy = e.double() + shift.double()
+        else:
+            energy = (e + shift.to(e.dtype)).double()
+        g_aim = mlp_vjp(weight.to(aim.dtype).unsqueeze(-1), kinds, saved, 0, len(kinds))
+        return energy, g_aim
