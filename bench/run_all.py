@@ -143,6 +143,11 @@ def inference_rows(inf, tag: str):
             rows.append(("inference", f"{r['atoms']} atoms: ours dense layout/official{tag}",
                          _fmt(ms["aimnet2mult_dense"] / ms["official"]) + "x", "(info)", "",
                          "all-pairs layout of the same file"))
+        if "matmul_floor_vs_official" in r:
+            rows.append(("inference", f"{r['atoms']} atoms: dense-layer products alone/official{tag}",
+                         _fmt(r["matmul_floor_vs_official"]) + "x", "(info)", "",
+                         "forward + input-gradient matrix products of the same weights: a floor under any "
+                         "implementation"))
         if r["ratio_vs_aimnet"] is not None:
             rows.append(("inference", f"{r['atoms']} atoms: ours/aimnet{tag}", _fmt(r["ratio_vs_aimnet"]) + "x",
                          f"<= {inf['targets']['vs_aimnet']}" if in_range else "(info)",
