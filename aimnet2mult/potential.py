@@ -471,8 +471,15 @@ class Potential(nn.Module):
         out = self.model(inp)
         energy = out["energy"] + nbops.mol_sum(self.sae[numbers_a], out)
         e_disp = torch.zeros(n_mol, dtype=torch.float64, device=device)
+        g_disp: Optional[Tensor] = None
         for disp in self.dispersion:
-            if lr_key == "pairs_lr":
+            if lr_key == "pairs_lr" and self.model.manual_forces:
+                # hand-written dE/dd (see D3BJ.energy_and_distance_grad), applied below
+                with torch.no_grad():
+                    e_d, g_d = disp.energy_and_distance_grad(numbers_a, out["d_ij_lr"], out, "pairs_lr")
+                e_disp = e_disp + e_d
+                g_disp = g_d if g_disp is None else g_disp + g_d
+            elif lr_key == "pairs_lr":
                 e_disp = e_disp + disp(numbers_a, out["d_ij_lr"], out["pair_mask_lr"], out, "pairs_lr")
             else:
                 e_disp = e_disp + disp(numbers_a, out["d_ij"], out["pair_mask"], out, "nbmat")
@@ -486,6 +493,9 @@ class Potential(nn.Module):
             # the network's hand-written gradient with respect to its pair basis (see the model)
             outputs.append(out["vjp_basis"])
             seeds.append(out["vjp_basis_grad"])
+        if g_disp is not None:
+            outputs.append(out["d_ij_lr"])
+            seeds.append(g_disp)
         grads = torch.autograd.grad(outputs, leaves, grad_outputs=seeds, allow_unused=True)
         torch.set_grad_enabled(grad_was_enabled)
         if float(min_real_distance(out["d_ij"].detach(), out["pair_mask"])) < self.min_distance:

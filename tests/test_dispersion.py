@@ -398,3 +398,27 @@ def test_custom_parameter_validation():
 def test_from_params():
     m = D3BJ.from_params(d3bj_parameters("pbe0-d3", atm=True))
     assert (m.s6, m.s8, m.a1, m.a2, m.s9, m.alp) == (1.0, 1.2177, 0.4145, 4.8593, 1.0, 14.0)
+
+
+@pytest.mark.parametrize("pname", ["wb97m", "b973c", "custom"])
+def test_hand_written_distance_gradient_vs_dftd3(pname):
+    """``energy_and_distance_grad`` (the exported potentials' D3 forces): energy and forces, via
+    one autograd product through the distances of a half pair list, equal dftd3's."""
+    p = PARAMS[pname]
+    module = torch.jit.script(D3BJ(s6=p["s6"], s8=p["s8"], a1=p["a1"], a2=p["a2"], s9=0.0, alp=p["alp"]))
+    for name, (numbers, positions) in SYSTEMS.items():
+        e_ref, f_ref = reference(numbers, positions, p, 0.0)
+        n = len(numbers)
+        coord = torch.tensor(np.asarray(positions), dtype=torch.float64, requires_grad=True)
+        pairs = torch.triu_indices(n, n, 1)
+        d_ij = (coord[pairs[1]] - coord[pairs[0]]).norm(dim=-1)
+        data = {"coord": torch.cat([coord.detach(), torch.zeros(1, 3, dtype=torch.float64)]),
+                "mol_idx": torch.zeros(n + 1, dtype=torch.long), "charge": torch.zeros(1),
+                "pairs_lr": pairs, "lr_all_pairs": torch.ones(1, dtype=torch.bool)}
+        z = torch.cat([torch.as_tensor(numbers), torch.zeros(1, dtype=torch.long)])
+        with torch.no_grad():
+            energy, grad_d = module.energy_and_distance_grad(z, d_ij, data, "pairs_lr")
+        (grad,) = torch.autograd.grad([d_ij], [coord], grad_outputs=[grad_d])
+        assert abs(float(energy[0]) - e_ref) <= E_RTOL[torch.float64] * abs(e_ref), (name, float(energy[0]), e_ref)
+        df = np.abs(-grad.numpy() - f_ref).max()
+        assert df <= F_ATOL[torch.float64], (name, df)

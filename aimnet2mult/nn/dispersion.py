@@ -54,12 +54,13 @@ Internally everything is Bohr / Hartree; the working dtype is that of ``d_ij`` (
 float64); float64 table values are cast after gathering, energies are summed in float64.
 """
 
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import nbops
+from .nbops import take_rows as take
 from ..units import ANGSTROM_TO_BOHR, HARTREE_IN_EV
 from ..dispersion_params import custom_d3bj_parameters
 
@@ -284,6 +285,104 @@ class D3BJ(nn.Module):
             e_atom = e_atom + self._atm(numbers, r2, valid, c6)
 
         return nbops.mol_sum(e_atom, data) * self.hartree2ev
+
+    def switch_derivative(self, d_ij: Tensor) -> Tensor:
+        """ds/dd (1/Å) of :meth:`switch`."""
+        width = max(self.switch_width, 1e-6)
+        x = ((d_ij - (self.cutoff - width)) / width).clamp(0.0, 1.0)
+        return -30.0 * x * x * (1.0 - x) * (1.0 - x) / width
+
+    def _weights_derivative(self, numbers: Tensor, cn: Tensor) -> Tensor:
+        """d w_i^a / d CN_i (atom tensor (..., 7), float64) of :meth:`_weights`; zero where the
+        normalisation vanished (dftd3's fallback is constant)."""
+        refcn = self.refcn[numbers]
+        valid = refcn >= 0.0
+        dcn = refcn - cn.to(torch.float64).unsqueeze(-1)
+        g = torch.where(valid, torch.exp(-self.k3 * dcn * dcn), torch.zeros_like(dcn))
+        dg = 2.0 * self.k3 * dcn * g
+        norm = g.sum(-1, keepdim=True)
+        safe = torch.where(norm == 0.0, torch.ones_like(norm), norm)
+        dw = (dg - g / safe * dg.sum(-1, keepdim=True)) / safe
+        return torch.where(valid & (norm != 0.0), dw, torch.zeros_like(dw))
+
+    @torch.jit.export
+    def energy_and_distance_grad(self, numbers: Tensor, d_ij: Tensor, data: Dict[str, Tensor],
+                                 pairs_key: str) -> Tuple[Tensor, Tensor]:
+        """Two-body D3(BJ) on a flat half pair list ``data[pairs_key]`` (2, P) of real pairs (run
+        under no_grad): (energy per molecule (n_mol,) float64 eV, dE/dd_ij (P,) eV/Å).
+
+        The hand-written gradient of :meth:`forward`: the direct r-dependence at fixed C6/C8,
+        the C6 dependence through the coordination numbers (dC6/dw · dw/dCN · dCN/dr for both
+        atoms of every pair), and the smooth switch. The caller turns dE/dd into forces with one
+        autograd vector-Jacobian product through the distances."""
+        if self.s9 != 0.0:
+            raise RuntimeError("D3 three-body (ATM) term is only available in the dense layout")
+        pairs = data[pairs_key]
+        i_idx = pairs[0]
+        j_idx = pairs[1]
+        n_atoms = data["coord"].shape[0]
+        dtype = d_ij.dtype
+        numbers = numbers.to(torch.long)
+        if numbers.numel() > 0:
+            zmax = int(numbers.max())
+            if zmax > self.max_z or int(numbers.min()) < 0:
+                raise ValueError(f"D3BJ supports atomic numbers 1..{self.max_z} only, got Z = "
+                                 f"{zmax}.")
+        r = d_ij * self.ang2bohr
+        switched = "lr_all_pairs" not in data
+        sw = torch.ones_like(d_ij)
+        dsw = torch.zeros_like(d_ij)
+        if switched:
+            sw = self.switch(d_ij)
+            dsw = self.switch_derivative(d_ij)
+
+        rcov = self.rcov[numbers].to(dtype)
+        rc = take(rcov, i_idx) + take(rcov, j_idx)
+        count = 1.0 / (1.0 + torch.exp(-self.k1 * (rc / r - 1.0)))
+        cn = torch.zeros(n_atoms, dtype=dtype, device=d_ij.device)
+        cn = cn.index_add(0, i_idx, count * sw).index_add(0, j_idx, count * sw)
+
+        w = self._weights(numbers, cn).to(dtype)
+        uz = torch.unique(numbers)
+        n_u = uz.shape[0]
+        lut = torch.zeros(self.max_z + 1, dtype=torch.long, device=numbers.device)
+        lut[uz] = torch.arange(n_u, dtype=torch.long, device=numbers.device)
+        ref = self.refc6[numbers.unsqueeze(-1), uz].to(dtype)  # (A, U, 7, 7)
+        g = (ref * w.unsqueeze(-2).unsqueeze(-1)).sum(-2).reshape(n_atoms * n_u, 7)  # Σ_a w_i^a C6ref_ab
+        lz = take(lut, numbers)
+        dc6_dwj = take(g, i_idx * n_u + take(lz, j_idx))  # (P, 7) = Σ_a w_i^a C6ref[Zi, Zj, a, :]
+        dc6_dwi = take(g, j_idx * n_u + take(lz, i_idx))  # (P, 7) = Σ_b C6ref[Zi, Zj, :, b] w_j^b
+        c6 = (dc6_dwj * take(w, j_idx)).sum(-1)
+
+        q = self.r4r2[numbers].to(dtype)
+        qq = 3.0 * take(q, i_idx) * take(q, j_idx)
+        r0 = self.a1 * torch.sqrt(qq) + self.a2
+        r2 = r * r
+        r6 = r2 * r2 * r2
+        r8 = r6 * r2
+        r0_2 = r0 * r0
+        r0_6 = r0_2 * r0_2 * r0_2
+        den6 = r6 + r0_6
+        den8 = r8 + r0_6 * r0_2
+        e_pair = self.s6 * c6 / den6 + self.s8 * c6 * qq / den8  # Hartree, > 0
+        scale = -self.hartree2ev
+        e_atom = torch.zeros(n_atoms, dtype=torch.float64, device=d_ij.device).index_add(
+            0, i_idx, (e_pair * sw).to(torch.float64))
+        energy = nbops.mol_sum(e_atom, data) * scale
+
+        # gradient (eV per unit of each variable)
+        de_dc6 = scale * sw * (self.s6 / den6 + self.s8 * qq / den8)
+        de_dr_direct = scale * sw * (-6.0 * self.s6 * c6 * r2 * r2 * r / (den6 * den6)
+                                     - 8.0 * self.s8 * c6 * qq * r6 * r / (den8 * den8))
+        g_w = torch.zeros(n_atoms, 7, dtype=dtype, device=d_ij.device)
+        g_w = g_w.index_add(0, i_idx, de_dc6.unsqueeze(-1) * dc6_dwi).index_add(
+            0, j_idx, de_dc6.unsqueeze(-1) * dc6_dwj)
+        de_dcn = (g_w * self._weights_derivative(numbers, cn).to(dtype)).sum(-1)  # (A,)
+        de_dcn_pair = take(de_dcn, i_idx) + take(de_dcn, j_idx)
+        dcount_dr = count * (1.0 - count) * (-self.k1 * rc / r2)
+        de_dr = de_dr_direct + de_dcn_pair * dcount_dr * sw
+        de_dsw = scale * e_pair + de_dcn_pair * count
+        return energy, de_dr * self.ang2bohr + de_dsw * dsw
 
     def _atm(self, numbers: Tensor, r2: Tensor, valid: Tensor, c6: Tensor) -> Tensor:
         """Axilrod-Teller-Muto energy per atom (Hartree, float64), dense layout (B, N, N)."""
