@@ -268,14 +268,8 @@ class D3BJ(nn.Module):
         q_i = self.r4r2[numbers].to(dtype)
         qq = 3.0 * nbops.atom_i(q_i, data, key) * nbops.gather_j(q_i, data, key)
         c8 = c6 * qq
-        r0 = self.a1 * torch.sqrt(qq) + self.a2
-        r2 = r * r
-        r6 = r2 * r2 * r2
-        r8 = r6 * r2
-        r0_2 = r0 * r0
-        r0_6 = r0_2 * r0_2 * r0_2
-        r0_8 = r0_6 * r0_2
-        e_pair = self.s6 * c6 / (r6 + r0_6) + self.s8 * c8 / (r8 + r0_8)
+        r2, r6, r8, den6, den8 = self._bj_powers(r, qq)
+        e_pair = self.s6 * c6 / den6 + self.s8 * c8 / den8
         if switched:
             e_pair = e_pair * sw
         e_pair = torch.where(valid, e_pair, torch.zeros_like(e_pair)).to(torch.float64)
@@ -285,6 +279,17 @@ class D3BJ(nn.Module):
             e_atom = e_atom + self._atm(numbers, r2, valid, c6)
 
         return nbops.mol_sum(e_atom, data) * self.hartree2ev
+
+    def _bj_powers(self, r: Tensor, qq: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """r², r⁶, r⁸ and the BJ denominators r⁶ + R0⁶, r⁸ + R0⁸ with R0 = a1 sqrt(C8/C6) + a2
+        (qq = C8/C6), all in Bohr powers."""
+        r0 = self.a1 * torch.sqrt(qq) + self.a2
+        r2 = r * r
+        r6 = r2 * r2 * r2
+        r8 = r6 * r2
+        r0_2 = r0 * r0
+        r0_6 = r0_2 * r0_2 * r0_2
+        return r2, r6, r8, r6 + r0_6, r8 + r0_6 * r0_2
 
     def switch_derivative(self, d_ij: Tensor) -> Tensor:
         """ds/dd (1/Å) of :meth:`switch`."""
@@ -356,14 +361,7 @@ class D3BJ(nn.Module):
 
         q = self.r4r2[numbers].to(dtype)
         qq = 3.0 * take(q, i_idx) * take(q, j_idx)
-        r0 = self.a1 * torch.sqrt(qq) + self.a2
-        r2 = r * r
-        r6 = r2 * r2 * r2
-        r8 = r6 * r2
-        r0_2 = r0 * r0
-        r0_6 = r0_2 * r0_2 * r0_2
-        den6 = r6 + r0_6
-        den8 = r8 + r0_6 * r0_2
+        r2, r6, r8, den6, den8 = self._bj_powers(r, qq)
         e_pair = self.s6 * c6 / den6 + self.s8 * c6 * qq / den8  # Hartree, > 0
         scale = -self.hartree2ev
         e_atom = torch.zeros(n_atoms, dtype=torch.float64, device=d_ij.device).index_add(
