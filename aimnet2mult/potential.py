@@ -489,10 +489,12 @@ class Potential(nn.Module):
         if energy.requires_grad:  # not when the network's gradient is all in the VJP below
             outputs.append(energy.sum())
             seeds.append(torch.ones_like(outputs[0]))
-        if "vjp_basis" in out:
-            # the network's hand-written gradient with respect to its pair basis (see the model)
-            outputs.append(out["vjp_basis"])
-            seeds.append(out["vjp_basis_grad"])
+        if "vjp_distance_grad" in out:
+            # the network's hand-written gradient with respect to the pair geometry (see the model)
+            outputs.append(out["d_ij"])
+            seeds.append(out["vjp_distance_grad"])
+            outputs.append(out["u_ij"])
+            seeds.append(out["vjp_direction_grad"])
         if g_disp is not None:
             outputs.append(out["d_ij_lr"])
             seeds.append(g_disp)

@@ -38,3 +38,23 @@ class RadialBasis(nn.Module):
         gs = torch.exp(-eta * (d_ij.unsqueeze(-1) - shifts) ** 2) * fc
         gv = gs.unsqueeze(-1) * u_ij.unsqueeze(-2)
         return gs, gv
+
+    def vjp(self, d_ij: Tensor, u_ij: Tensor, gs: Tensor, g_w: Tensor) -> Tuple[Tensor, Tensor]:
+        """Hand-written VJP of the flat pair basis W (G, A, 4, M) = [gs | gs ⊗ u] (see
+        ``conv.flat_pair_basis``): its gradient g_w -> (dE/dd (A, M), dE/du (A, M, 3)).
+        d_ij (A, M) Å, u_ij (A, M, 3), gs (A, M, G) from :meth:`forward`."""
+        g_w = g_w.permute(1, 3, 0, 2)  # (A, M, G, 4)
+        g_gv = g_w[..., 1:]  # (A, M, G, 3)
+        g_gs = g_w[..., 0] + (g_gv * u_ij.unsqueeze(-2)).sum(-1)  # (A, M, G)
+        g_u = (g_gv * gs.unsqueeze(-1)).sum(-2)  # (A, M, 3)
+        shifts = self.shifts.to(d_ij.dtype)
+        eta = self.eta.to(d_ij.dtype)
+        x = (d_ij / self.cutoff).clamp(0.0, 1.0)
+        fc = 0.5 * torch.cos(math.pi * x) + 0.5
+        # d fc / dd; zero beyond the cutoff (the clamp), where fc is constant
+        dfc = torch.where(d_ij < self.cutoff, -0.5 * math.pi / self.cutoff * torch.sin(math.pi * x),
+                          torch.zeros_like(d_ij))
+        diff = d_ij.unsqueeze(-1) - shifts
+        gauss = torch.exp(-eta * diff * diff)
+        dgs = gauss * (dfc.unsqueeze(-1) - 2.0 * eta * diff * fc.unsqueeze(-1))
+        return (g_gs * dgs).sum(-1), g_u

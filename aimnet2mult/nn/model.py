@@ -159,21 +159,21 @@ class MultiFidelityAIMNet2(nn.Module):
         """Flat-layout forward for force evaluation (single readout, eval mode).
 
         The network runs without autograd; the gradient of its energy with respect to the pair
-        basis W (``flat_pair_basis``) is computed by the hand-written VJPs of the backbone and
-        readout. The returned energy (network + Coulomb) carries autograd history only through
-        the Coulomb term; the caller adds the network's part of the forces as the vector-Jacobian
-        product of ``data['vjp_basis']`` W (which depends on the coordinates through the basis and
-        the geometry) with ``data['vjp_basis_grad']`` ∂E/∂W, i.e. ``torch.autograd.grad([E, W],
-        ..., grad_outputs=[1, ∂E/∂W])``. The Coulomb term's gradient with respect to the charges
-        enters the backbone VJP. (No ``x - x.detach()`` surrogate: TorchScript freezing, which
+        geometry is computed by the hand-written VJPs of the readout, the backbone (to the pair
+        basis W of ``flat_pair_basis``) and the basis (to d_ij and u_ij). The returned energy
+        (network + Coulomb) carries autograd history only through the Coulomb term; the caller
+        adds the network's part of the forces as the vector-Jacobian product of the geometry
+        ``data['d_ij']``, ``data['u_ij']`` with ``data['vjp_distance_grad']``,
+        ``data['vjp_direction_grad']`` (∂E/∂d, ∂E/∂u), i.e. ``torch.autograd.grad([E, d, u], ...,
+        grad_outputs=[1, ∂E/∂d, ∂E/∂u])``. The Coulomb term's gradient with respect to the
+        charges enters the backbone VJP. (No ``x - x.detach()`` surrogate: TorchScript freezing, which
         openmm-torch applies, removes the detach and with it the forces.)
         """
         dtype = self.backbone.embedding.weight.dtype
-        gs, gv = self.backbone.basis(data["d_ij"], data["u_ij"])
-        w = flat_pair_basis(gs, gv)
-        w0 = w.detach()
         readout = self.readouts[0]
         with torch.no_grad():
+            gs, gv = self.backbone.basis(data["d_ij"], data["u_ij"])
+            w0 = flat_pair_basis(gs, gv)
             charge_channels = self._charge_channels(data, dtype)
             aim, q, kinds, saved, bounds, keep = self.backbone.forward_recorded(shifted, charge_channels, data, w0)
             e_atom, g_aim = readout.forward_vjp(aim, shifted, real.to(dtype))
@@ -195,8 +195,9 @@ class MultiFidelityAIMNet2(nn.Module):
             energy = energy + e_coul
         with torch.no_grad():
             g_w = self.backbone.vjp(g_aim, g_q, shifted, data, w0, kinds, saved, bounds, keep)
-        data["vjp_basis"] = w
-        data["vjp_basis_grad"] = g_w
+            g_d, g_u = self.backbone.basis.vjp(data["d_ij"], data["u_ij"], gs, g_w)
+        data["vjp_distance_grad"] = g_d
+        data["vjp_direction_grad"] = g_u
         data["atomic_energies"] = e_atom
         data["energy"] = energy
         data["charges"] = q.sum(-1)
