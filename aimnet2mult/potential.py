@@ -495,6 +495,9 @@ class Potential(nn.Module):
             seeds.append(out["vjp_distance_grad"])
             outputs.append(out["u_ij"])
             seeds.append(out["vjp_direction_grad"])
+        if "vjp_lr_distance_grad" in out:  # the Coulomb term's hand-written dE/dd (see the model)
+            g_coul = out["vjp_lr_distance_grad"]
+            g_disp = g_coul if g_disp is None else g_disp + g_coul
         if g_disp is not None:
             outputs.append(out["d_ij_lr"])
             seeds.append(g_disp)

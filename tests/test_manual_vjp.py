@@ -47,7 +47,7 @@ def assert_same(manual, reference, keys, tol):
         assert diff < tol, f"{key}: manual VJP vs autograd differ by {diff:.2e}"
 
 
-@pytest.mark.parametrize("coulomb", ["simple", "dsf", "none"])
+@pytest.mark.parametrize("coulomb", ["simple", "dsf", "ewald", "none"])
 def test_manual_vjp_equals_autograd_molecules_float64(coulomb):
     ckpt, _ = small_checkpoint(1, dispersion=D3)
     pot = build_potential(ckpt, 0, coulomb=coulomb).double()

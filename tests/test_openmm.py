@@ -65,8 +65,11 @@ def system_with(force, masses):
 
 
 def assert_agrees(energy, forces, e_ref, f_ref):
+    """Same float32 model through different paths: openmm-torch freezes the TorchScript module,
+    which may reorder float32 arithmetic, so forces of ~3000 kJ/mol/nm differ at the 1e-6 relative
+    level (2e-3 kJ/mol/nm seen); a units or path error would be orders of magnitude larger."""
     assert energy == pytest.approx(e_ref, rel=1e-6)
-    np.testing.assert_allclose(forces, f_ref, atol=1e-3)
+    np.testing.assert_allclose(forces, f_ref, atol=1e-2)
 
 
 def test_all_paths_agree(wb97m):

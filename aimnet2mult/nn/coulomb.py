@@ -36,13 +36,36 @@ Pair terms are evaluated on the layout's pair tensors through ``nbops`` (dense (
 """
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import nbops
 from ..units import COULOMB_CONSTANT
+
+
+def pair_sums_and_grads(charges: Tensor, v: Tensor, dv: Tensor, data: Dict[str, Tensor],
+                        pairs_key: str, k: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """E = Σ_p k q_i q_j v_p over a half pair list (per molecule, float64 eV), dE/dq (A,) and
+    dE/dd (P,), for pair potentials v (P,) with derivative dv (P,) (1/Å²)."""
+    pairs = data[pairs_key]
+    q_i = nbops.take_rows(charges, pairs[0])
+    q_j = nbops.take_rows(charges, pairs[1])
+    e_atom = torch.zeros(charges.shape[0], dtype=torch.float64, device=charges.device).index_add(
+        0, pairs[0], (k * q_i * q_j * v).double())
+    g_q = torch.zeros_like(charges).index_add(0, pairs[0], k * q_j * v).index_add(0, pairs[1], k * q_i * v)
+    return nbops.mol_sum(e_atom, data), g_q, k * q_i * q_j * dv
+
+
+def switch_on_envelope_derivative(d_ij: Tensor, rc: float) -> Tensor:
+    """dχ/dd of :func:`switch_on_envelope` (0 where the clamp holds t constant)."""
+    t = d_ij / rc
+    inside = (t > 0.0) & (t < 0.999999)
+    t = t.clamp(0.0, 0.999999)
+    one_m = 1.0 - t * t
+    chi = torch.exp(1.0 - 1.0 / one_m)
+    return torch.where(inside, -2.0 * t / (one_m * one_m) * chi / rc, torch.zeros_like(d_ij))
 
 
 def switch_on_envelope(d_ij: Tensor, rc: float) -> Tensor:
@@ -77,6 +100,14 @@ class SimpleCoulomb(nn.Module):
         chi = torch.exp(1.0 - 1.0 / (1.0 - t * t))
         e_ij = self.half_k * (1.0 - chi) * qq / d_ij
         return nbops.mol_sum(nbops.sum_j(e_ij.double(), data, nbmat_key), data)
+
+    def energy_and_grads(self, charges: Tensor, d_ij: Tensor, data: Dict[str, Tensor],
+                         pairs_key: str) -> Tuple[Tensor, Tensor, Tensor]:
+        """Half pair list of real pairs, no autograd: (E (n_mol,), dE/dq (A,), dE/dd (P,))."""
+        chi = switch_on_envelope(d_ij, self.rc)
+        v = (1.0 - chi) / d_ij
+        dv = -switch_on_envelope_derivative(d_ij, self.rc) / d_ij - v / d_ij
+        return pair_sums_and_grads(charges, v, dv, data, pairs_key, 2.0 * self.half_k)
 
 
 class DSFCoulomb(nn.Module):
@@ -118,6 +149,29 @@ class DSFCoulomb(nn.Module):
         q2 = (charges * charges).double()
         self_term = 2.0 * self.half_k * (0.5 * erfc_rc + a / math.sqrt(math.pi))
         return energy - self_term * nbops.mol_sum(q2, data)
+
+    def energy_and_grads(self, charges: Tensor, d_ij: Tensor, data: Dict[str, Tensor],
+                         pairs_key: str) -> Tuple[Tensor, Tensor, Tensor]:
+        """Half pair list of real pairs, no autograd: (E (n_mol,), dE/dq (A,), dE/dd (P,))."""
+        a = self.alpha
+        rc = self.cutoff
+        erfc_rc = math.erfc(a * rc) / rc
+        slope = erfc_rc / rc + 2.0 * a / math.sqrt(math.pi) * math.exp(-a * a * rc * rc) / rc
+        valid = d_ij < rc
+        d = torch.where(valid, d_ij, torch.full_like(d_ij, rc))
+        erfc_d = torch.erfc(a * d) / d
+        v = erfc_d - erfc_rc + slope * (d - rc)
+        dv = -erfc_d / d - 2.0 * a / math.sqrt(math.pi) * torch.exp(-a * a * d * d) / d + slope
+        if self.subtract_sr:
+            chi = switch_on_envelope(d, self.rc)
+            v = v - chi / d
+            dv = dv - switch_on_envelope_derivative(d, self.rc) / d + chi / (d * d)
+        v = torch.where(valid, v, torch.zeros_like(v))
+        dv = torch.where(valid, dv, torch.zeros_like(dv))
+        energy, g_q, g_d = pair_sums_and_grads(charges, v, dv, data, pairs_key, 2.0 * self.half_k)
+        self_term = 2.0 * self.half_k * (0.5 * erfc_rc + a / math.sqrt(math.pi))
+        energy = energy - self_term * nbops.mol_sum((charges * charges).double(), data)
+        return energy, g_q - 2.0 * self_term * charges, g_d
 
 
 class EwaldCoulomb(nn.Module):
@@ -283,6 +337,27 @@ class Coulomb(nn.Module):
         if self.method == "ewald" and periodic:
             return self.ewald.parameters_for(n_atoms, volume)[1]
         return -1.0
+
+    def has_manual_grads(self, data: Dict[str, Tensor]) -> bool:
+        """Whether :meth:`energy_and_grads` covers this input (every method but periodic Ewald,
+        whose reciprocal sum depends on positions and cell directly)."""
+        if self.method == "none":
+            return False
+        return not (self.method == "ewald" and "cell" in data)
+
+    def energy_and_grads(self, charges: Tensor, d_ij: Tensor, data: Dict[str, Tensor],
+                         pairs_key: str) -> Tuple[Tensor, Tensor, Tensor]:
+        """The energy of :meth:`forward` on a flat half pair list with its hand-written
+        gradients (run under no_grad): (E (n_mol,) float64 eV, dE/dq (A,) eV/e, dE/dd (P,) eV/Å).
+        See :meth:`has_manual_grads` for the inputs it covers."""
+        if self.method == "dsf":
+            return self.dsf.energy_and_grads(charges, d_ij, data, pairs_key)
+        if not self.has_manual_grads(data):
+            raise RuntimeError("no hand-written Coulomb gradients for method '{}' on this input".format(self.method))
+        if "cell" in data:
+            raise ValueError("Coulomb method '{}' sums all pairs of an isolated molecule and cannot be "
+                             "used for a periodic system: choose 'dsf' or 'ewald'".format(self.method))
+        return self.simple.energy_and_grads(charges, d_ij, data, pairs_key)
 
     def forward(self, charges: Tensor, d_ij: Tensor, pair_mask: Tensor, data: Dict[str, Tensor],
                 nbmat_key: str = "nbmat_lr") -> Tensor:

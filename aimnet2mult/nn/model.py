@@ -181,7 +181,15 @@ class MultiFidelityAIMNet2(nn.Module):
         energy = nbops.mol_sum(e_atom, data)
         g_q = torch.zeros_like(q)
         q_leaf = q.detach()
-        if self.coulomb.method != "none":
+        if "pairs_lr" in data and self.coulomb.has_manual_grads(data):
+            # hand-written Coulomb gradients: dE/dq into the backbone VJP, dE/dd to the caller
+            with torch.no_grad():
+                e_coul, g_charges, g_d_lr = self.coulomb.energy_and_grads(q.sum(-1), data["d_ij_lr"], data,
+                                                                           "pairs_lr")
+            g_q = g_charges.unsqueeze(-1).expand(q.shape)
+            data["vjp_lr_distance_grad"] = g_d_lr
+            energy = energy + e_coul
+        elif self.coulomb.method != "none":
             q_leaf.requires_grad_(True)
             charges = q_leaf.sum(-1)
             if "pairs_lr" in data:
