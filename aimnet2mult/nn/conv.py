@@ -26,32 +26,26 @@ def shell_sums(x: Tensor, gs: Tensor, gv: Tensor, data: Dict[str, Tensor], agh: 
     if nbops.is_dense(data):
         s = torch.einsum("bijg,bjfg->bifg", gs, x)
         t = torch.einsum("bijgx,bjfg->bifgx", gv, x)
-    else:
-        if w is None:
-            w = flat_pair_basis(gs, gv)
-        nbmat = data["nbmat"]
-        x_g = x.permute(2, 0, 1).contiguous()  # (G, A, F)
-        # index_select: its backward is an index_add (advanced indexing's is a slower index_put)
-        x_j = torch.index_select(x_g, 1, nbmat.reshape(-1)).reshape(
-            x_g.shape[0], nbmat.shape[0], nbmat.shape[1], x_g.shape[2])  # (G, A, M, F)
-        res = torch.matmul(w, x_j)  # (G, A, 4, F)
-        s, t = torch.split(res, [1, 3], dim=2)
-        s = s.squeeze(2).permute(1, 2, 0)  # (A, F, G)
-        t = t.permute(1, 3, 0, 2)  # (A, F, G, 3)
-    v = torch.einsum("...fgx,fgh->...fhx", t, agh)
-    return s, (v * v).sum(-1)
+        v = torch.einsum("...fgx,fgh->...fhx", t, agh)
+        return s, (v * v).sum(-1)
+    if w is None:
+        w = flat_pair_basis(gs, gv)
+    s, p, _, _ = flat_shell_sums_recorded(x, w, data["nbmat"], agh)
+    return s, p
 
 
 def flat_shell_sums_recorded(x: Tensor, w: Tensor, nbmat: Tensor, agh: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`shell_sums` of the flat layout (no autograd) that also returns what
-    :func:`flat_shell_sums_vjp` needs: (S (A, K, G), P (A, K, H), x_j (G, A, M, K), V (A, K, H, 3))."""
-    x_g = x.permute(2, 0, 1).contiguous()
+    """The flat layout's :func:`shell_sums`, also returning what :func:`flat_shell_sums_vjp`
+    needs: (S (A, K, G), P (A, K, H), x_j (G, A, M, K), V (A, K, H, 3)). x (A, K, G); w the flat
+    pair basis (G, A, 4, M); nbmat (A, M)."""
+    x_g = x.permute(2, 0, 1).contiguous()  # (G, A, K)
+    # index_select: its backward is an index_add (advanced indexing's is a slower index_put)
     x_j = torch.index_select(x_g, 1, nbmat.reshape(-1)).reshape(
-        x_g.shape[0], nbmat.shape[0], nbmat.shape[1], x_g.shape[2])
-    res = torch.matmul(w, x_j)
+        x_g.shape[0], nbmat.shape[0], nbmat.shape[1], x_g.shape[2])  # (G, A, M, K)
+    res = torch.matmul(w, x_j)  # (G, A, 4, K)
     s, t = torch.split(res, [1, 3], dim=2)
-    s = s.squeeze(2).permute(1, 2, 0)
-    v = torch.einsum("...fgx,fgh->...fhx", t.permute(1, 3, 0, 2), agh)
+    s = s.squeeze(2).permute(1, 2, 0)  # (A, K, G)
+    v = torch.einsum("...fgx,fgh->...fhx", t.permute(1, 3, 0, 2), agh)  # (A, K, H, 3)
     return s, (v * v).sum(-1), x_j, v
 
 
