@@ -471,14 +471,14 @@ class Potential(nn.Module):
         out = self.model(inp)
         energy = out["energy"] + nbops.mol_sum(self.sae[numbers_a], out)
         e_disp = torch.zeros(n_mol, dtype=torch.float64, device=device)
-        g_disp: Optional[Tensor] = None
+        g_lr: Optional[Tensor] = None  # dE/dd of the long-range pairs (D3, Coulomb), by hand
         for disp in self.dispersion:
             if lr_key == "pairs_lr" and self.model.manual_forces:
                 # hand-written dE/dd (see D3BJ.energy_and_distance_grad), applied below
                 with torch.no_grad():
                     e_d, g_d = disp.energy_and_distance_grad(numbers_a, out["d_ij_lr"], out, "pairs_lr")
                 e_disp = e_disp + e_d
-                g_disp = g_d if g_disp is None else g_disp + g_d
+                g_lr = g_d if g_lr is None else g_lr + g_d
             elif lr_key == "pairs_lr":
                 e_disp = e_disp + disp(numbers_a, out["d_ij_lr"], out["pair_mask_lr"], out, "pairs_lr")
             else:
@@ -497,10 +497,10 @@ class Potential(nn.Module):
             seeds.append(out["vjp_direction_grad"])
         if "vjp_lr_distance_grad" in out:  # the Coulomb term's hand-written dE/dd (see the model)
             g_coul = out["vjp_lr_distance_grad"]
-            g_disp = g_coul if g_disp is None else g_disp + g_coul
-        if g_disp is not None:
+            g_lr = g_coul if g_lr is None else g_lr + g_coul
+        if g_lr is not None:
             outputs.append(out["d_ij_lr"])
-            seeds.append(g_disp)
+            seeds.append(g_lr)
         grads = torch.autograd.grad(outputs, leaves, grad_outputs=seeds, allow_unused=True)
         torch.set_grad_enabled(grad_was_enabled)
         if float(min_real_distance(out["d_ij"].detach(), out["pair_mask"])) < self.min_distance:

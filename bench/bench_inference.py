@@ -263,9 +263,10 @@ def mlp_matmuls(module, rows: int):
     import torch
 
     layers = []
-    for name, w in module.named_parameters():
+    params = dict(module.named_parameters())
+    for name, w in params.items():
         if name.endswith(".weight") and w.dim() == 2 and (".passes." in name or ".readouts." in name):
-            bias = dict(module.named_parameters())[name[:-len("weight")] + "bias"]
+            bias = params[name[:-len("weight")] + "bias"]
             layers.append((w.detach(), bias.detach(), torch.randn(rows, w.shape[1]), torch.randn(rows, w.shape[0])))
 
     def call():

@@ -19,10 +19,18 @@ def charge_equilibration(total: Tensor, q_raw: Tensor, phi: Tensor, data: Dict[s
     q_i = q̃_i + (φ_i² / (Σ_k φ_k² + 1e-6)) (Q - Σ_k q̃_k); the 1e-6 guard matches the official model,
     so the total is conserved up to (Q - Σq̃) 1e-6 / Σφ².
     """
+    return charge_equilibration_parts(total, q_raw, phi, data)[0]
+
+
+def charge_equilibration_parts(total: Tensor, q_raw: Tensor, phi: Tensor,
+                               data: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`charge_equilibration` with its intermediates: (q, w = φ², w_sum = Σw + 1e-6 and
+    excess = Q - Σq̃ per molecule), what :func:`charge_equilibration_vjp` needs."""
     w = phi * phi
     w_sum = nbops.mol_sum(w, data) + 1e-6
     excess = total - nbops.mol_sum(q_raw, data)
-    return q_raw + w / nbops.mol_to_atoms(w_sum, data) * nbops.mol_to_atoms(excess, data)
+    q = q_raw + w / nbops.mol_to_atoms(w_sum, data) * nbops.mol_to_atoms(excess, data)
+    return q, w, w_sum, excess
 
 
 def charge_equilibration_vjp(g_q: Tensor, w: Tensor, w_sum: Tensor, excess: Tensor, phi: Tensor,
@@ -71,6 +79,26 @@ class AIMNet2Backbone(nn.Module):
                                  last_activation=ipass > 0))
         self.passes = nn.ModuleList(mlps)
 
+    def _joined_agh(self) -> Tensor:
+        """Mixing weights of the atom and charge convolutions stacked (F + C, G, H): passes 2-3
+        run both convolutions as one over F + C channels."""
+        return torch.cat([self.conv_atoms.agh, self.conv_charges.agh], dim=0)
+
+    def _joined_input(self, a: Tensor, q: Tensor) -> Tensor:
+        """Atom features (A..., F, G) and charges (A..., C) as one (A..., F + C, G) convolution
+        input (a charge has the same value on every shell)."""
+        qx = q.unsqueeze(-1).expand(list(q.shape) + [self.num_shells])
+        return torch.cat([a, qx], dim=-2)
+
+    def _pass_input(self, a: Tensor, q: Tensor, s: Tensor, p: Tensor) -> Tensor:
+        """MLP input of passes 2-3 in the official layout [a | S_a | P_a | q | S_q | P_q] from the
+        joined convolution's S (A..., F + C, G) and P (A..., F + C, H). Split (one backward node
+        each) rather than sliced (one zero-filled gradient each)."""
+        s_a, s_q = torch.split(s, [self.num_features, self.num_charge_channels], dim=-2)
+        p_a, p_q = torch.split(p, [self.num_features, self.num_charge_channels], dim=-2)
+        return torch.cat([a.flatten(-2), s_a.flatten(-2), p_a.flatten(-2), q, s_q.flatten(-2),
+                          p_q.flatten(-2)], dim=-1)
+
     def forward(self, numbers: Tensor, charge_channels: Tensor,
                 data: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
         """numbers: shifted element indices (A...); charge_channels: (n_mol, C) targets.
@@ -88,20 +116,14 @@ class AIMNet2Backbone(nn.Module):
         q = torch.zeros(list(numbers.shape) + [c], dtype=a.dtype, device=a.device)
         aim = a.flatten(-2)
         n_pass = len(self.passes)
-        f = self.num_features
-        agh_both = torch.cat([self.conv_atoms.agh, self.conv_charges.agh], dim=0)
+        agh_both = self._joined_agh()
         for ipass, mlp in enumerate(self.passes):
             if ipass == 0:
-                feats = [a.flatten(-2), self.conv_atoms(a, gs, gv, data, w)]
+                h = torch.cat([a.flatten(-2), self.conv_atoms(a, gs, gv, data, w)], dim=-1)
             else:
-                # atom and charge convolutions as one: F + C channels over the same pairs
-                qx = q.unsqueeze(-1).expand(list(q.shape) + [self.num_shells])
-                s, p = shell_sums(torch.cat([a, qx], dim=-2), gs, gv, data, agh_both, w)
-                # split (one backward node each) rather than slices (one zero-filled gradient each)
-                s_a, s_q = torch.split(s, [f, c], dim=-2)
-                p_a, p_q = torch.split(p, [f, c], dim=-2)
-                feats = [a.flatten(-2), s_a.flatten(-2), p_a.flatten(-2), q, s_q.flatten(-2), p_q.flatten(-2)]
-            out = mlp(torch.cat(feats, dim=-1)).masked_fill(~mask, 0.0)
+                s, p = shell_sums(self._joined_input(a, q), gs, gv, data, agh_both, w)
+                h = self._pass_input(a, q, s, p)
+            out = mlp(h).masked_fill(~mask, 0.0)
             if ipass == n_pass - 1:
                 aim = out
             else:
@@ -123,11 +145,10 @@ class AIMNet2Backbone(nn.Module):
         shape = list(numbers.shape) + [self.num_features, self.num_shells]
         a = self.embedding(numbers).view(shape)
         c = self.num_charge_channels
-        f = self.num_features
         q = torch.zeros(list(numbers.shape) + [c], dtype=a.dtype, device=a.device)
         aim = a.flatten(-2)
         n_pass = len(self.passes)
-        agh_both = torch.cat([self.conv_atoms.agh, self.conv_charges.agh], dim=0)
+        agh_both = self._joined_agh()
         kinds: List[int] = []
         saved: List[Tensor] = []
         bounds: List[int] = [0]
@@ -137,12 +158,8 @@ class AIMNet2Backbone(nn.Module):
                 s, p, x_j, v = flat_shell_sums_recorded(a, w, nbmat, self.conv_atoms.agh)
                 h = torch.cat([a.flatten(-2), s.flatten(-2), p.flatten(-2)], dim=-1)
             else:
-                qx = q.unsqueeze(-1).expand(list(q.shape) + [self.num_shells])
-                s, p, x_j, v = flat_shell_sums_recorded(torch.cat([a, qx], dim=-2), w, nbmat, agh_both)
-                s_a, s_q = torch.split(s, [f, c], dim=-2)
-                p_a, p_q = torch.split(p, [f, c], dim=-2)
-                h = torch.cat([a.flatten(-2), s_a.flatten(-2), p_a.flatten(-2), q, s_q.flatten(-2),
-                               p_q.flatten(-2)], dim=-1)
+                s, p, x_j, v = flat_shell_sums_recorded(self._joined_input(a, q), w, nbmat, agh_both)
+                h = self._pass_input(a, q, s, p)
             keep.append(x_j)
             keep.append(v)
             for layer in mlp:
@@ -154,10 +171,7 @@ class AIMNet2Backbone(nn.Module):
             else:
                 dq, phi, da = torch.split(out, [c, c, out.shape[-1] - 2 * c], dim=-1)
                 q_raw = dq if ipass == 0 else q + dq
-                wq = phi * phi
-                w_sum = nbops.mol_sum(wq, data) + 1e-6
-                excess = charge_channels - nbops.mol_sum(q_raw, data)
-                q = q_raw + wq / nbops.mol_to_atoms(w_sum, data) * nbops.mol_to_atoms(excess, data)
+                q, wq, w_sum, excess = charge_equilibration_parts(charge_channels, q_raw, phi, data)
                 a = a + da.reshape(shape)
                 keep.append(phi)
                 keep.append(wq)
@@ -177,7 +191,7 @@ class AIMNet2Backbone(nn.Module):
         g = self.num_shells
         n_pass = len(self.passes)
         n_a = numbers.shape[0]
-        agh_both = torch.cat([self.conv_atoms.agh, self.conv_charges.agh], dim=0)
+        agh_both = self._joined_agh()
         h_f = self.conv_atoms.agh.shape[-1]
         g_w = torch.zeros_like(w)
         g_a = torch.zeros(n_a, f, g, dtype=w.dtype, device=w.device)

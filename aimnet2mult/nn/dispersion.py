@@ -200,8 +200,9 @@ class D3BJ(nn.Module):
         return 1.0 - x3 * (10.0 - 15.0 * x + 6.0 * x * x)
 
     # ------------------------------------------------------------------------------------------
-    def _weights(self, numbers: Tensor, cn: Tensor) -> Tensor:
-        """Gaussian reference weights (atom tensor (..., 7)), computed in float64."""
+    def _weights(self, numbers: Tensor, cn: Tensor, derivative: bool = False) -> Tuple[Tensor, Tensor]:
+        """Gaussian reference weights w (atom tensor (..., 7)), computed in float64, and, when
+        ``derivative``, dw/dCN (else an empty tensor)."""
         refcn = self.refcn[numbers]  # (..., 7) float64
         valid = refcn >= 0.0
         dcn = refcn - cn.to(torch.float64).unsqueeze(-1)
@@ -210,11 +211,24 @@ class D3BJ(nn.Module):
         # dftd3: a vanishing norm (underflow far above all reference CNs) puts all weight on the
         # reference with the largest CN and has zero derivative.
         exceptional = norm == 0.0
-        gw = w / torch.where(exceptional, torch.ones_like(norm), norm)
+        safe_norm = torch.where(exceptional, torch.ones_like(norm), norm)
+        gw = w / safe_norm
         maxcn = refcn.max(-1, keepdim=True)[0]
         fallback = (refcn == maxcn).to(torch.float64)
-        gw = torch.where(exceptional, fallback, gw)
-        return torch.where(valid, gw, torch.zeros_like(gw))
+        gw = torch.where(valid, torch.where(exceptional, fallback, gw), torch.zeros_like(gw))
+        dgw = torch.empty(0, dtype=gw.dtype, device=gw.device)
+        if derivative:
+            dw = 2.0 * self.k3 * dcn * w  # d(unnormalised w)/dCN
+            dgw = (dw - gw * dw.sum(-1, keepdim=True)) / safe_norm
+            dgw = torch.where(valid & ~exceptional, dgw, torch.zeros_like(dgw))
+        return gw, dgw
+
+    def _check_numbers(self, numbers: Tensor) -> None:
+        if numbers.numel() > 0:
+            zmax = int(numbers.max())
+            if zmax > self.max_z or int(numbers.min()) < 0:
+                raise ValueError(f"D3BJ supports atomic numbers 1..{self.max_z} only, got Z = "
+                                 f"{zmax}.")
 
     def forward(self, numbers: Tensor, d_ij: Tensor, pair_mask: Tensor,
                 data: Dict[str, Tensor], nbmat_key: str = "nbmat_lr") -> Tensor:
@@ -224,11 +238,7 @@ class D3BJ(nn.Module):
                 "D3 three-body (ATM) term is only available in the dense layout; use s9 = 0 "
                 "with the flat (neighbour-list) layout."
             )
-        if numbers.numel() > 0:
-            zmax = int(numbers.max())
-            if zmax > self.max_z or int(numbers.min()) < 0:
-                raise ValueError(f"D3BJ supports atomic numbers 1..{self.max_z} only, got Z = "
-                                 f"{zmax}.")
+        self._check_numbers(numbers)
         dtype = d_ij.dtype
         numbers = numbers.to(torch.long)
         key = nbmat_key
@@ -255,7 +265,7 @@ class D3BJ(nn.Module):
 
         # reference weights and C6 = Σ_ab w_i^a w_j^b C6ref_ab. The reference block is contracted
         # with w_i per atom against the elements present only, then gathered per pair.
-        w = self._weights(numbers, cn).to(dtype)  # (..., 7)
+        w = self._weights(numbers, cn)[0].to(dtype)  # (..., 7)
         uz = torch.unique(numbers)
         lut = torch.zeros(self.max_z + 1, dtype=torch.long, device=numbers.device)
         lut[uz] = torch.arange(uz.shape[0], dtype=torch.long, device=numbers.device)
@@ -297,19 +307,6 @@ class D3BJ(nn.Module):
         x = ((d_ij - (self.cutoff - width)) / width).clamp(0.0, 1.0)
         return -30.0 * x * x * (1.0 - x) * (1.0 - x) / width
 
-    def _weights_derivative(self, numbers: Tensor, cn: Tensor) -> Tensor:
-        """d w_i^a / d CN_i (atom tensor (..., 7), float64) of :meth:`_weights`; zero where the
-        normalisation vanished (dftd3's fallback is constant)."""
-        refcn = self.refcn[numbers]
-        valid = refcn >= 0.0
-        dcn = refcn - cn.to(torch.float64).unsqueeze(-1)
-        g = torch.where(valid, torch.exp(-self.k3 * dcn * dcn), torch.zeros_like(dcn))
-        dg = 2.0 * self.k3 * dcn * g
-        norm = g.sum(-1, keepdim=True)
-        safe = torch.where(norm == 0.0, torch.ones_like(norm), norm)
-        dw = (dg - g / safe * dg.sum(-1, keepdim=True)) / safe
-        return torch.where(valid & (norm != 0.0), dw, torch.zeros_like(dw))
-
     @torch.jit.export
     def energy_and_distance_grad(self, numbers: Tensor, d_ij: Tensor, data: Dict[str, Tensor],
                                  pairs_key: str) -> Tuple[Tensor, Tensor]:
@@ -328,11 +325,7 @@ class D3BJ(nn.Module):
         n_atoms = data["coord"].shape[0]
         dtype = d_ij.dtype
         numbers = numbers.to(torch.long)
-        if numbers.numel() > 0:
-            zmax = int(numbers.max())
-            if zmax > self.max_z or int(numbers.min()) < 0:
-                raise ValueError(f"D3BJ supports atomic numbers 1..{self.max_z} only, got Z = "
-                                 f"{zmax}.")
+        self._check_numbers(numbers)
         r = d_ij * self.ang2bohr
         switched = "lr_all_pairs" not in data
         sw = torch.ones_like(d_ij)
@@ -347,7 +340,8 @@ class D3BJ(nn.Module):
         cn = torch.zeros(n_atoms, dtype=dtype, device=d_ij.device)
         cn = cn.index_add(0, i_idx, count * sw).index_add(0, j_idx, count * sw)
 
-        w = self._weights(numbers, cn).to(dtype)
+        w64, dw_dcn = self._weights(numbers, cn, True)
+        w = w64.to(dtype)
         uz = torch.unique(numbers)
         n_u = uz.shape[0]
         lut = torch.zeros(self.max_z + 1, dtype=torch.long, device=numbers.device)
@@ -375,7 +369,7 @@ class D3BJ(nn.Module):
         g_w = torch.zeros(n_atoms, 7, dtype=dtype, device=d_ij.device)
         g_w = g_w.index_add(0, i_idx, de_dc6.unsqueeze(-1) * dc6_dwi).index_add(
             0, j_idx, de_dc6.unsqueeze(-1) * dc6_dwj)
-        de_dcn = (g_w * self._weights_derivative(numbers, cn).to(dtype)).sum(-1)  # (A,)
+        de_dcn = (g_w * dw_dcn.to(dtype)).sum(-1)  # (A,)
         de_dcn_pair = take(de_dcn, i_idx) + take(de_dcn, j_idx)
         dcount_dr = count * (1.0 - count) * (-self.k1 * rc / r2)
         de_dr = de_dr_direct + de_dcn_pair * dcount_dr * sw

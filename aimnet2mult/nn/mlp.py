@@ -11,6 +11,7 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
+
 class Linear(nn.Linear):
     def record(self, x: Tensor, kinds: List[int], saved: List[Tensor]) -> Tensor:
         """Forward of a 2-D input (X, n_in), recording (kind 0) the weight (out, in) for the VJP."""

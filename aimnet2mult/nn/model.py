@@ -140,20 +140,24 @@ class MultiFidelityAIMNet2(nn.Module):
                     e_atom = e_atom.index_put((sel,), readout(aim[sel], numbers[sel]))
         energy = nbops.mol_sum(e_atom, data)
 
-        charges = q.sum(-1)
         if self.coulomb.method != "none":
-            if not dense and "pairs_lr" in data:
-                e_coul = self.coulomb(charges, data["d_ij_lr"], data["pair_mask_lr"], data, "pairs_lr")
-            else:
-                e_coul = self.coulomb(charges, data["d_ij"], data["pair_mask"], data, "nbmat")
-            energy = energy + e_coul
+            energy = energy + self._coulomb_energy(q.sum(-1), data)
+        return self._outputs(data, e_atom, energy, q)
+
+    def _coulomb_energy(self, charges: Tensor, data: Dict[str, Tensor]) -> Tensor:
+        """Coulomb energy (n_mol,) on the long-range pair list when there is one (flat layout),
+        else on the short-range pairs."""
+        if not nbops.is_dense(data) and "pairs_lr" in data:
+            return self.coulomb(charges, data["d_ij_lr"], data["pair_mask_lr"], data, "pairs_lr")
+        return self.coulomb(charges, data["d_ij"], data["pair_mask"], data, "nbmat")
+
+    def _outputs(self, data: Dict[str, Tensor], e_atom: Tensor, energy: Tensor, q: Tensor) -> Dict[str, Tensor]:
         data["atomic_energies"] = e_atom
         data["energy"] = energy
-        data["charges"] = charges
+        data["charges"] = q.sum(-1)
         if self.num_charge_channels == 2:
             data["spin_charges"] = q[..., 0] - q[..., 1]
         return data
-
 
     def _forward_manual_vjp(self, data: Dict[str, Tensor], shifted: Tensor, real: Tensor) -> Dict[str, Tensor]:
         """Flat-layout forward for force evaluation (single readout, eval mode).
@@ -180,7 +184,6 @@ class MultiFidelityAIMNet2(nn.Module):
             e_atom = torch.where(real, e_atom, torch.zeros_like(e_atom))
         energy = nbops.mol_sum(e_atom, data)
         g_q = torch.zeros_like(q)
-        q_leaf = q.detach()
         if "pairs_lr" in data and self.coulomb.has_manual_grads(data):
             # hand-written Coulomb gradients: dE/dq into the backbone VJP, dE/dd to the caller
             with torch.no_grad():
@@ -189,13 +192,9 @@ class MultiFidelityAIMNet2(nn.Module):
             g_q = g_charges.unsqueeze(-1).expand(q.shape)
             data["vjp_lr_distance_grad"] = g_d_lr
             energy = energy + e_coul
-        elif self.coulomb.method != "none":
-            q_leaf.requires_grad_(True)
-            charges = q_leaf.sum(-1)
-            if "pairs_lr" in data:
-                e_coul = self.coulomb(charges, data["d_ij_lr"], data["pair_mask_lr"], data, "pairs_lr")
-            else:
-                e_coul = self.coulomb(charges, data["d_ij"], data["pair_mask"], data, "nbmat")
+        elif self.coulomb.method != "none":  # periodic Ewald: autograd, dE/dq taken here
+            q_leaf = q.detach().requires_grad_(True)
+            e_coul = self._coulomb_energy(q_leaf.sum(-1), data)
             grads = torch.autograd.grad([e_coul.sum()], [q_leaf], retain_graph=True, allow_unused=True)
             gq = grads[0]
             if gq is not None:
@@ -206,9 +205,4 @@ class MultiFidelityAIMNet2(nn.Module):
             g_d, g_u = self.backbone.basis.vjp(data["d_ij"], data["u_ij"], gs, g_w)
         data["vjp_distance_grad"] = g_d
         data["vjp_direction_grad"] = g_u
-        data["atomic_energies"] = e_atom
-        data["energy"] = energy
-        data["charges"] = q.sum(-1)
-        if self.num_charge_channels == 2:
-            data["spin_charges"] = q[..., 0] - q[..., 1]
-        return data
+        return self._outputs(data, e_atom, energy, q)

@@ -25,7 +25,9 @@ class EnergyReadout(nn.Module):
 
     def forward(self, aim: Tensor, index: Tensor) -> Tensor:
         """aim: (X, n_in); index: (X,) row of the shift table. Returns (X,) float64."""
-        e = self.mlp(aim).squeeze(-1)
+        return self._add_shift(self.mlp(aim).squeeze(-1), index)
+
+    def _add_shift(self, e: Tensor, index: Tensor) -> Tensor:
         shift = self.shifts[index]
         if self.float64_shift:
             return e.double() + shift.double()
@@ -39,11 +41,6 @@ class EnergyReadout(nn.Module):
         h = aim
         for layer in self.mlp:
             h = layer.record(h, kinds, saved)
-        e = h.squeeze(-1)
-        shift = self.shifts[index]
-        if self.float64_shift:
-            energy = e.double() + shift.double()
-        else:
-            energy = (e + shift.to(e.dtype)).double()
+        energy = self._add_shift(h.squeeze(-1), index)
         g_aim = mlp_vjp(weight.to(aim.dtype).unsqueeze(-1), kinds, saved, 0, len(kinds))
         return energy, g_aim
