@@ -7,8 +7,9 @@ from torch import Tensor, nn
 
 from . import nbops
 from .basis import RadialBasis
-from .conv import (ShellConvolution, flat_pair_basis, flat_shell_sums_recorded, flat_shell_sums_vjp,
-                   shell_sums)
+from .conv import (ShellConvolution, dense_matrices_grad_to_pairs, dense_shell_matrices,
+                   dense_shell_sums_recorded, dense_shell_sums_vjp, flat_pair_basis, flat_shell_sums_recorded,
+                   flat_shell_sums_vjp, shell_sums)
 from .mlp import make_mlp, mlp_vjp
 
 
@@ -55,6 +56,9 @@ class AIMNet2Backbone(nn.Module):
     num_features: int
     num_shells: int
     num_charge_channels: int
+    #: the recorded forward / VJP use per-shell dense matrices (conv.dense_shell_matrices) up to
+    #: this many atoms (padding included; memory G·4·A² floats), the flat neighbour products above it
+    dense_products_max_atoms: int
 
     def __init__(self, num_rows: int, cutoff: float, num_shells: int, shell_start: float,
                  num_features: int, num_combinations: int, passes: List[List[int]], aim_size: int,
@@ -63,6 +67,7 @@ class AIMNet2Backbone(nn.Module):
         self.num_features = num_features
         self.num_shells = num_shells
         self.num_charge_channels = num_charge_channels
+        self.dense_products_max_atoms = 128  # measured crossover: 150-200 atoms (chain molecules)
         fg = num_features * num_shells
         c = num_charge_channels
         self.basis = RadialBasis(cutoff, num_shells, shell_start)
@@ -139,8 +144,12 @@ class AIMNet2Backbone(nn.Module):
         """The flat-layout forward (run it under no_grad) that keeps what :meth:`vjp` needs.
 
         w: the flat pair basis (G, A, 4, M) of :func:`flat_pair_basis`. Returns (aim, q, the
-        MLP records (kinds, saved, per-pass boundaries), per-pass tensors)."""
+        MLP records (kinds, saved, per-pass boundaries), per-pass tensors and, last, the dense
+        shell matrices (empty when the flat products are used, see ``dense_products_max_atoms``))."""
         nbmat = data["nbmat"]
+        s_mat = torch.empty(0, dtype=w.dtype, device=w.device)
+        if numbers.shape[0] <= self.dense_products_max_atoms:
+            s_mat = dense_shell_matrices(w, nbmat)
         mask = (numbers != 0).unsqueeze(-1)
         shape = list(numbers.shape) + [self.num_features, self.num_shells]
         a = self.embedding(numbers).view(shape)
@@ -152,13 +161,13 @@ class AIMNet2Backbone(nn.Module):
         kinds: List[int] = []
         saved: List[Tensor] = []
         bounds: List[int] = [0]
-        keep: List[Tensor] = []  # per pass: x_j, v, then (not last) φ, w, w_sum, excess
+        keep: List[Tensor] = []  # per pass: x_j (or x_g), v, then (not last) φ, w, w_sum, excess
         for ipass, mlp in enumerate(self.passes):
             if ipass == 0:
-                s, p, x_j, v = flat_shell_sums_recorded(a, w, nbmat, self.conv_atoms.agh)
+                s, p, x_j, v = _shell_sums_recorded(a, w, s_mat, nbmat, self.conv_atoms.agh)
                 h = torch.cat([a.flatten(-2), s.flatten(-2), p.flatten(-2)], dim=-1)
             else:
-                s, p, x_j, v = flat_shell_sums_recorded(self._joined_input(a, q), w, nbmat, agh_both)
+                s, p, x_j, v = _shell_sums_recorded(self._joined_input(a, q), w, s_mat, nbmat, agh_both)
                 h = self._pass_input(a, q, s, p)
             keep.append(x_j)
             keep.append(v)
@@ -177,6 +186,7 @@ class AIMNet2Backbone(nn.Module):
                 keep.append(wq)
                 keep.append(w_sum)
                 keep.append(excess)
+        keep.append(s_mat)
         return aim, q, kinds, saved, bounds, keep
 
     def vjp(self, g_aim: Tensor, g_q_out: Tensor, numbers: Tensor, data: Dict[str, Tensor], w: Tensor,
@@ -185,6 +195,7 @@ class AIMNet2Backbone(nn.Module):
         from the records of :meth:`forward_recorded`. The element embedding does not depend on
         the coordinates, so the first pass's convolution input gets no gradient."""
         nbmat = data["nbmat"]
+        s_mat = keep[-1]
         mask = (numbers != 0).unsqueeze(-1)
         c = self.num_charge_channels
         f = self.num_features
@@ -193,7 +204,10 @@ class AIMNet2Backbone(nn.Module):
         n_a = numbers.shape[0]
         agh_both = self._joined_agh()
         h_f = self.conv_atoms.agh.shape[-1]
-        g_w = torch.zeros_like(w)
+        dense = s_mat.numel() > 0
+        g_w = torch.zeros_like(w) if not dense else torch.empty(0, dtype=w.dtype, device=w.device)
+        g_res_all: List[Tensor] = []  # dense: per convolution, the product gradient and its input
+        x_all: List[Tensor] = []
         g_a = torch.zeros(n_a, f, g, dtype=w.dtype, device=w.device)
         g_q = g_q_out
         for ipass in range(n_pass - 1, -1, -1):
@@ -213,18 +227,40 @@ class AIMNet2Backbone(nn.Module):
                 # the first pass's input starts with the embedding, which needs no gradient
                 g_in = mlp_vjp(g_out, kinds, saved, bounds[ipass], bounds[ipass + 1], f * g)
                 g_s, g_p = torch.split(g_in, [f * g, f * h_f], dim=-1)
-                g_w_pass, _ = flat_shell_sums_vjp(g_s.reshape(n_a, f, g), g_p.reshape(n_a, f, h_f), x_j, v, w,
-                                                  nbmat, self.conv_atoms.agh, False)
-                g_w = g_w + g_w_pass
+                g_s = g_s.reshape(n_a, f, g)
+                g_p = g_p.reshape(n_a, f, h_f)
+                if dense:
+                    g_res, _ = dense_shell_sums_vjp(g_s, g_p, v, s_mat, self.conv_atoms.agh, False)
+                    g_res_all.append(g_res)
+                    x_all.append(x_j)
+                else:
+                    g_w_pass, _ = flat_shell_sums_vjp(g_s, g_p, x_j, v, w, nbmat, self.conv_atoms.agh, False)
+                    g_w = g_w + g_w_pass
             else:
                 g_in = mlp_vjp(g_out, kinds, saved, bounds[ipass], bounds[ipass + 1])
                 g_a_in, g_s_a, g_p_a, g_q_in, g_s_q, g_p_q = torch.split(
                     g_in, [f * g, f * g, f * h_f, c, c * g, c * h_f], dim=-1)
                 g_s = torch.cat([g_s_a.reshape(n_a, f, g), g_s_q.reshape(n_a, c, g)], dim=-2)
                 g_p = torch.cat([g_p_a.reshape(n_a, f, h_f), g_p_q.reshape(n_a, c, h_f)], dim=-2)
-                g_w_pass, g_x = flat_shell_sums_vjp(g_s, g_p, x_j, v, w, nbmat, agh_both, True)
-                g_w = g_w + g_w_pass
+                if dense:
+                    g_res, g_x = dense_shell_sums_vjp(g_s, g_p, v, s_mat, agh_both, True)
+                    g_res_all.append(g_res)
+                    x_all.append(x_j)
+                else:
+                    g_w_pass, g_x = flat_shell_sums_vjp(g_s, g_p, x_j, v, w, nbmat, agh_both, True)
+                    g_w = g_w + g_w_pass
                 g_xa, g_xq = torch.split(g_x, [f, c], dim=-2)
                 g_a = g_a + g_a_in.reshape(n_a, f, g) + g_xa
                 g_q = g_q + g_q_in + g_xq.sum(-1)
+        if dense:
+            return dense_matrices_grad_to_pairs(g_res_all, x_all, nbmat)
         return g_w
+
+
+def _shell_sums_recorded(x: Tensor, w: Tensor, s_mat: Tensor, nbmat: Tensor,
+                         agh: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Recorded shell sums by the dense shell matrices when there are any, else by the flat products."""
+    if s_mat.numel() > 0:
+        return dense_shell_sums_recorded(x, s_mat, agh)
+    return flat_shell_sums_recorded(x, w, nbmat, agh)
+
