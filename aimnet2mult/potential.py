@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .nn import nbops
-from .nn.geometry import min_real_distance
+from .nn.geometry import flat_geometry_vjp, min_real_distance
 from .nn.model import MultiFidelityAIMNet2
 from .nn.neighbors import TorchCellList
 
@@ -412,6 +412,38 @@ class Potential(nn.Module):
             result["spin_charges"] = out["spin_charges"].detach()
         return result
 
+    def _forces_by_hand(self, has_lr_pairs: bool, periodic: bool) -> bool:
+        """Whether every term of a flat-layout call has a hand-written gradient, so that forces
+        and stress come from ``flat_geometry_vjp`` without autograd: the model's manual path
+        (exported potentials, eval mode), long-range terms on the half pair list (or none at
+        all) and no periodic Ewald sum (its reciprocal part keeps autograd)."""
+        model = self.model
+        if not model.manual_forces or model.training or len(model.readouts) != 1:
+            return False
+        if model.coulomb.method == "ewald" and periodic:
+            return False
+        return has_lr_pairs or (len(self.dispersion) == 0 and model.coulomb.method == "none")
+
+    def _autograd_forces(self, energy: Tensor, out: Dict[str, Tensor], g_lr: Optional[Tensor],
+                         leaves: List[Tensor]) -> List[Optional[Tensor]]:
+        """dE/d(leaves) by ONE autograd call: the energy's own graph plus the hand-written
+        gradients of the model (d_ij, u_ij) and of the long-range terms (d_ij_lr) as seeds."""
+        outputs: List[Tensor] = []
+        seeds: List[Optional[Tensor]] = []
+        if energy.requires_grad:  # not when the network's gradient is all in the VJP
+            outputs.append(energy.sum())
+            seeds.append(torch.ones_like(outputs[0]))
+        if "vjp_distance_grad" in out:
+            # the network's hand-written gradient with respect to the pair geometry (see the model)
+            outputs.append(out["d_ij"])
+            seeds.append(out["vjp_distance_grad"])
+            outputs.append(out["u_ij"])
+            seeds.append(out["vjp_direction_grad"])
+        if g_lr is not None:
+            outputs.append(out["d_ij_lr"])
+            seeds.append(g_lr)
+        return torch.autograd.grad(outputs, leaves, grad_outputs=seeds, allow_unused=True)
+
     def _forward_flat(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
         mol_idx, n_mol = self._validate_flat(data)
         dtype = self.model.backbone.embedding.weight.dtype
@@ -433,13 +465,15 @@ class Potential(nn.Module):
         else:
             lists = self._lists(coord, cell, pbc, periodic, mol_idx, n_mol, 0.0)
 
+        hand = self._forces_by_hand("pairs_lr" in lists, periodic)
         grad_was_enabled = torch.is_grad_enabled()
-        torch.set_grad_enabled(True)
-        coord.requires_grad_(True)
+        torch.set_grad_enabled(not hand)
         leaves = [coord]
         pos = coord
         cell_s = cell
-        if periodic:
+        if not hand:
+            coord.requires_grad_(True)
+        if periodic and not hand:
             # strain derivative: positions and cell deformed by (I + ε); σ = (1/V) ∂E/∂ε at ε = 0
             strain = torch.zeros(3, 3, dtype=dtype, device=device)
             strain.requires_grad_(True)
@@ -468,6 +502,8 @@ class Potential(nn.Module):
             # isolated molecules with every pair listed: D3 sums them all, without its cutoff switch,
             # exactly as the dense layout does
             inp["lr_all_pairs"] = torch.ones(1, dtype=torch.bool, device=device)
+        if hand:
+            inp["forces_by_hand"] = torch.ones(1, dtype=torch.bool, device=device)
         out = self.model(inp)
         energy = out["energy"] + nbops.mol_sum(self.sae[numbers_a], out)
         e_disp = torch.zeros(n_mol, dtype=torch.float64, device=device)
@@ -484,24 +520,16 @@ class Potential(nn.Module):
             else:
                 e_disp = e_disp + disp(numbers_a, out["d_ij"], out["pair_mask"], out, "nbmat")
         energy = energy + e_disp
-        outputs: List[Tensor] = []
-        seeds: List[Optional[Tensor]] = []
-        if energy.requires_grad:  # not when the network's gradient is all in the VJP below
-            outputs.append(energy.sum())
-            seeds.append(torch.ones_like(outputs[0]))
-        if "vjp_distance_grad" in out:
-            # the network's hand-written gradient with respect to the pair geometry (see the model)
-            outputs.append(out["d_ij"])
-            seeds.append(out["vjp_distance_grad"])
-            outputs.append(out["u_ij"])
-            seeds.append(out["vjp_direction_grad"])
         if "vjp_lr_distance_grad" in out:  # the Coulomb term's hand-written dE/dd (see the model)
             g_coul = out["vjp_lr_distance_grad"]
             g_lr = g_coul if g_lr is None else g_lr + g_coul
-        if g_lr is not None:
-            outputs.append(out["d_ij_lr"])
-            seeds.append(g_lr)
-        grads = torch.autograd.grad(outputs, leaves, grad_outputs=seeds, allow_unused=True)
+        if hand:
+            if "vjp_distance_grad" not in out:
+                raise RuntimeError("internal: the model did not take its hand-written gradient path")
+            g_x, virial = flat_geometry_vjp(out, out["vjp_distance_grad"], out["vjp_direction_grad"], g_lr)
+            grads: List[Optional[Tensor]] = [g_x[:n], virial]
+        else:
+            grads = self._autograd_forces(energy, out, g_lr, leaves)
         torch.set_grad_enabled(grad_was_enabled)
         if float(min_real_distance(out["d_ij"].detach(), out["pair_mask"])) < self.min_distance:
             raise ValueError("two atoms are closer than {} Å (coincident atoms, or an atom and its periodic "

@@ -124,7 +124,7 @@ class MultiFidelityAIMNet2(nn.Module):
         if not dense and "pairs_lr" in data:
             data = long_range_geometry(data)
         if (self.manual_forces and not dense and not self.training and len(self.readouts) == 1
-                and data["coord"].requires_grad):
+                and (data["coord"].requires_grad or "forces_by_hand" in data)):
             return self._forward_manual_vjp(data, shifted, real)
         aim, q = self.backbone(shifted, self._charge_channels(data, dtype), data)
 
@@ -171,7 +171,10 @@ class MultiFidelityAIMNet2(nn.Module):
         ``data['vjp_direction_grad']`` (∂E/∂d, ∂E/∂u), i.e. ``torch.autograd.grad([E, d, u], ...,
         grad_outputs=[1, ∂E/∂d, ∂E/∂u])``. The Coulomb term's gradient with respect to the
         charges enters the backbone VJP. (No ``x - x.detach()`` surrogate: TorchScript freezing, which
-        openmm-torch applies, removes the detach and with it the forces.)
+        openmm-torch applies, removes the detach and with it the forces.) With
+        ``data['forces_by_hand']`` (set by the potential when every term has a hand-written
+        gradient) the coordinates need not require grad: the caller applies the geometry VJP
+        itself (``geometry.flat_geometry_vjp``), without autograd.
         """
         dtype = self.backbone.embedding.weight.dtype
         readout = self.readouts[0]
