@@ -104,6 +104,15 @@ class AIMNet2Backbone(nn.Module):
         return torch.cat([a.flatten(-2), s_a.flatten(-2), p_a.flatten(-2), q, s_q.flatten(-2),
                           p_q.flatten(-2)], dim=-1)
 
+    def _initial_state(self, numbers: Tensor) -> Tuple[Tensor, List[int], Tensor, Tensor]:
+        """(padding mask (A..., 1), feature shape [A..., F, G], embedded features a (A..., F, G),
+        zero charges q (A..., C)) before the first pass."""
+        mask = (numbers != 0).unsqueeze(-1)
+        shape = list(numbers.shape) + [self.num_features, self.num_shells]
+        a = self.embedding(numbers).view(shape)
+        q = torch.zeros(list(numbers.shape) + [self.num_charge_channels], dtype=a.dtype, device=a.device)
+        return mask, shape, a, q
+
     def forward(self, numbers: Tensor, charge_channels: Tensor,
                 data: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
         """numbers: shifted element indices (A...); charge_channels: (n_mol, C) targets.
@@ -114,11 +123,8 @@ class AIMNet2Backbone(nn.Module):
         w: Optional[Tensor] = None
         if not nbops.is_dense(data):
             w = flat_pair_basis(gs, gv)
-        mask = (numbers != 0).unsqueeze(-1)
-        shape = list(numbers.shape) + [self.num_features, self.num_shells]
-        a = self.embedding(numbers).view(shape)
+        mask, shape, a, q = self._initial_state(numbers)
         c = self.num_charge_channels
-        q = torch.zeros(list(numbers.shape) + [c], dtype=a.dtype, device=a.device)
         aim = a.flatten(-2)
         n_pass = len(self.passes)
         agh_both = self._joined_agh()
@@ -150,11 +156,8 @@ class AIMNet2Backbone(nn.Module):
         s_mat = torch.empty(0, dtype=w.dtype, device=w.device)
         if numbers.shape[0] <= self.dense_products_max_atoms:
             s_mat = dense_shell_matrices(w, nbmat)
-        mask = (numbers != 0).unsqueeze(-1)
-        shape = list(numbers.shape) + [self.num_features, self.num_shells]
-        a = self.embedding(numbers).view(shape)
+        mask, shape, a, q = self._initial_state(numbers)
         c = self.num_charge_channels
-        q = torch.zeros(list(numbers.shape) + [c], dtype=a.dtype, device=a.device)
         aim = a.flatten(-2)
         n_pass = len(self.passes)
         agh_both = self._joined_agh()
@@ -229,29 +232,28 @@ class AIMNet2Backbone(nn.Module):
                 g_s, g_p = torch.split(g_in, [f * g, f * h_f], dim=-1)
                 g_s = g_s.reshape(n_a, f, g)
                 g_p = g_p.reshape(n_a, f, h_f)
-                if dense:
-                    g_res, _ = dense_shell_sums_vjp(g_s, g_p, v, s_mat, self.conv_atoms.agh, False)
-                    g_res_all.append(g_res)
-                    x_all.append(x_j)
-                else:
-                    g_w_pass, _ = flat_shell_sums_vjp(g_s, g_p, x_j, v, w, nbmat, self.conv_atoms.agh, False)
-                    g_w = g_w + g_w_pass
+                agh = self.conv_atoms.agh
             else:
                 g_in = mlp_vjp(g_out, kinds, saved, bounds[ipass], bounds[ipass + 1])
                 g_a_in, g_s_a, g_p_a, g_q_in, g_s_q, g_p_q = torch.split(
                     g_in, [f * g, f * g, f * h_f, c, c * g, c * h_f], dim=-1)
                 g_s = torch.cat([g_s_a.reshape(n_a, f, g), g_s_q.reshape(n_a, c, g)], dim=-2)
                 g_p = torch.cat([g_p_a.reshape(n_a, f, h_f), g_p_q.reshape(n_a, c, h_f)], dim=-2)
-                if dense:
-                    g_res, g_x = dense_shell_sums_vjp(g_s, g_p, v, s_mat, agh_both, True)
-                    g_res_all.append(g_res)
-                    x_all.append(x_j)
-                else:
-                    g_w_pass, g_x = flat_shell_sums_vjp(g_s, g_p, x_j, v, w, nbmat, agh_both, True)
-                    g_w = g_w + g_w_pass
+                g_a = g_a + g_a_in.reshape(n_a, f, g)
+                g_q = g_q + g_q_in
+                agh = agh_both
+            need_x = ipass > 0
+            if dense:
+                g_res, g_x = dense_shell_sums_vjp(g_s, g_p, v, s_mat, agh, need_x)
+                g_res_all.append(g_res)
+                x_all.append(x_j)
+            else:
+                g_w_pass, g_x = flat_shell_sums_vjp(g_s, g_p, x_j, v, w, nbmat, agh, need_x)
+                g_w = g_w + g_w_pass
+            if need_x:
                 g_xa, g_xq = torch.split(g_x, [f, c], dim=-2)
-                g_a = g_a + g_a_in.reshape(n_a, f, g) + g_xa
-                g_q = g_q + g_q_in + g_xq.sum(-1)
+                g_a = g_a + g_xa
+                g_q = g_q + g_xq.sum(-1)
         if dense:
             return dense_matrices_grad_to_pairs(g_res_all, x_all, nbmat)
         return g_w

@@ -41,26 +41,35 @@ def flat_pairs(coord: Tensor, nbmat: Tensor, fill: float, shifts: Tensor) -> Tup
     return d2.sqrt(), r_ij, pair_mask
 
 
-def pair_list_distances(coord: Tensor, pairs: Tensor, shifts: Tensor) -> Tensor:
-    """Distances of a half pair list.
+def pair_list_vectors(coord: Tensor, pairs: Tensor, shifts: Optional[Tensor]) -> Tensor:
+    """r_ij (P, 3) = x_j - x_i + shift of a half pair list. coord: (A, 3) Å; pairs: (2, P) atom
+    indices (i, j); shifts: (P, 3) Å Cartesian image shifts added to x_j, or None (none)."""
+    r_ij = nbops.take_rows(coord, pairs[1]) - nbops.take_rows(coord, pairs[0])
+    if shifts is not None:
+        r_ij = r_ij + shifts
+    return r_ij
 
-    coord: (A, 3) Å; pairs: (2, P) atom indices (i, j); shifts: (P, 3) Å Cartesian image shifts
-    added to x_j. Returns d_ij (P,) = |x_j - x_i + shift|. The list holds real pairs only (no
-    padding), so there is no mask; coincident atoms are caught by the short-range check.
-    """
-    r_ij = nbops.take_rows(coord, pairs[1]) - nbops.take_rows(coord, pairs[0]) + shifts
+
+def pair_list_distances(coord: Tensor, pairs: Tensor, shifts: Optional[Tensor]) -> Tensor:
+    """Distances d_ij (P,) = |r_ij| of a half pair list (see :func:`pair_list_vectors`). The list
+    holds real pairs only (no padding), so there is no mask; coincident atoms are caught by the
+    short-range check."""
+    r_ij = pair_list_vectors(coord, pairs, shifts)
     return (r_ij * r_ij).sum(-1).sqrt()
+
+
+def _lr_shifts(data: Dict[str, Tensor]) -> Optional[Tensor]:
+    """The long-range list's image shifts ``shifts_lr`` (P, 3) Å, None when absent (zero)."""
+    if "shifts_lr" in data:
+        return data["shifts_lr"]
+    return None
 
 
 def long_range_geometry(data: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Add ``d_ij_lr`` and ``pair_mask_lr`` for the long-range half pair list ``pairs_lr`` (flat
     layout; ``shifts_lr`` (P, 3) Å optional, zero when absent)."""
     pairs = data["pairs_lr"]
-    if "shifts_lr" in data:
-        shifts = data["shifts_lr"]
-    else:
-        shifts = torch.zeros(pairs.shape[1], 3, dtype=data["coord"].dtype, device=pairs.device)
-    d = pair_list_distances(data["coord"], pairs, shifts)
+    d = pair_list_distances(data["coord"], pairs, _lr_shifts(data))
     data["d_ij_lr"] = d
     data["pair_mask_lr"] = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
     return data
@@ -115,9 +124,7 @@ def flat_geometry_vjp(data: Dict[str, Tensor], g_d: Tensor, g_u: Tensor,
     virial = r.t() @ g_r
     if g_d_lr is not None:
         pairs = data["pairs_lr"]
-        r_lr = nbops.take_rows(coord, pairs[1]) - nbops.take_rows(coord, pairs[0])
-        if "shifts_lr" in data:
-            r_lr = r_lr + data["shifts_lr"]
+        r_lr = pair_list_vectors(coord, pairs, _lr_shifts(data))
         g_r_lr = (g_d_lr / data["d_ij_lr"]).unsqueeze(-1) * r_lr
         g_x = g_x.index_add(0, pairs[1], g_r_lr).index_add(0, pairs[0], -g_r_lr)
         virial = virial + r_lr.t() @ g_r_lr
