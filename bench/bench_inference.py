@@ -241,6 +241,20 @@ def aimnet_version():
 
 
 # ------------------------------------------------------------------------------------- timing
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; platform.processor() elsewhere). The ratios depend on it:
+    the official member's dense all-pairs operators and ours scale differently with the CPU's
+    matrix-product speed and thread-synchronisation cost, so a result is quoted with its CPU."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_load():
     try:
         la = os.getloadavg()
@@ -375,8 +389,8 @@ def run(args):
         print(_row_line(row), flush=True)
     return {"benchmark": "inference", "device": "cpu", "threads": args.threads, "torch": torch.__version__,
             "omp_wait_policy": omp_wait_policy(), "load_at_start": load0,
-            "python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "weights": f"{path.name} member 0", "exported": str(jpt), "export_s": export_s,
+            "python": platform.python_version(), "machine": platform.machine(), "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(), "weights": f"{path.name} member 0", "exported": str(jpt), "export_s": export_s,
             "aimnet": aimnet_info, "aimnet_left_out": reason, "rows": rows,
             "targets": {"vs_official": TARGET_OFFICIAL, "vs_aimnet": TARGET_AIMNET, "energy_eV": E_TOL,
                         "atoms_range": list(TARGET_RANGE)},
@@ -416,7 +430,7 @@ def print_table(result):
     arms = list(rows[0]["ms_per_call"]) if rows else []
     head = f"{'atoms':>6} " + "".join(f"{a + ' ms':>20}" for a in arms) + f"{'ours/official':>15}{'ours/aimnet':>13}"
     head += f"{'dE off. eV':>12}{'dE aimnet eV':>14}"
-    print(f"\nEnergy + forces per call, CPU, {result['threads']} threads (OMP_WAIT_POLICY={result['omp_wait_policy']}), "
+    print(f"\nEnergy + forces per call, CPU ({result.get('cpu_model', '?')}), {result['threads']} threads (OMP_WAIT_POLICY={result['omp_wait_policy']}), "
           f"torch {result['torch']}, weights {result['weights']} (median of interleaved repeats; load average "
           f"{_load_str(result['load_at_start'])} at start)")
     print(head)

@@ -39,6 +39,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from bench_inference import cpu_model  # noqa: E402
 BENCHES = ["inference", "openmm", "scale", "train"]
 POLICY_SENSITIVE = ("inference", "openmm")  # run once per OpenMP wait policy
 POLICIES = ("default", "PASSIVE", "ACTIVE")
@@ -182,7 +184,7 @@ def summarize(out: Path, status, policies=("default",)):
 
     Rows of the policy-sensitive benchmarks carry their OpenMP wait policy in brackets."""
     rows = []
-    summary = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
+    summary = {"machine": {"platform": platform.platform(), "cpu_model": cpu_model(), "python": platform.python_version(),
                            "cpu_count": os.cpu_count(), "loadavg_1_5_15_at_end": os.getloadavg(),
                            "omp_wait_policies": list(policies)},
                "date": datetime.datetime.now().isoformat(timespec="seconds"), "status": status, "results": {}}
@@ -259,7 +261,7 @@ HEAD = ("benchmark", "measure", "value", "target", "verdict", "detail")
 def write_markdown(path: Path, summary, rows, cmdline: str):
     m = summary["machine"]
     lines = [f"# Benchmark summary ({summary['date']})", "",
-             f"Command: `{cmdline}`. Machine: {m['platform']}, {m['cpu_count']} CPUs, Python {m['python']}, "
+             f"Command: `{cmdline}`. Machine: {m['platform']}, {m.get('cpu_model', '?')}, {m['cpu_count']} CPUs, Python {m['python']}, "
              f"torch {m.get('torch', '?')}; load average at the end {tuple(round(x, 2) for x in m['loadavg_1_5_15_at_end'])} "
              "(shared machine: ratios measured side by side in one run, absolute times are noise). "
              "[policy] = the OpenMP wait policy of the run (default = OMP_WAIT_POLICY unset: libgomp's "
