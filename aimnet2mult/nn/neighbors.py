@@ -197,7 +197,10 @@ def all_pairs_within(x: Tensor, mol: Tensor, cutoff: float, full_list: bool) -> 
     closer than ``cutoff`` Å, both directions when ``full_list`` else i < j. O(N²) memory and time:
     for small systems, where it beats the cell list's fixed cost."""
     d = x.unsqueeze(1) - x.unsqueeze(0)
-    close = ((d * d).sum(2) < cutoff * cutoff) & (mol.unsqueeze(1) == mol.unsqueeze(0))
+    # the components added explicitly: a sum over the trailing size-3 dimension runs ~7x slower
+    # (157 vs 23 µs at 99 atoms, float64)
+    d2 = d[:, :, 0] * d[:, :, 0] + d[:, :, 1] * d[:, :, 1] + d[:, :, 2] * d[:, :, 2]
+    close = (d2 < cutoff * cutoff) & (mol.unsqueeze(1) == mol.unsqueeze(0))
     if full_list:
         close.fill_diagonal_(False)
     else:
