@@ -269,29 +269,58 @@ def time_call(fn):
     return time.perf_counter() - t0
 
 
-def mlp_matmuls(module, rows: int):
-    """A callable doing only the network's dense-layer products for ``rows`` atoms: every Linear
-    forward (addmm) and its input-gradient product (mm), with the module's own weights. The same
-    products, on the same weights, are in every arm's energy + forces call: its time is a floor
-    under the AIMNet2 math that no implementation of it goes below (reported, not a target)."""
+def ours_call(module, inp):
+    """One call of an aimnet2mult potential as its ASE calculator and OpenMM PythonForce make it
+    (``aimnet2mult.calculators.runtime``): under ``torch.inference_mode`` when the potential
+    takes its forces without autograd (``Potential.autograd_free``)."""
     import torch
 
+    free = inp["coord"].dim() == 2 and hasattr(module, "autograd_free") and bool(module.autograd_free("cell" in inp))
+    with torch.inference_mode(free):
+        return module(dict(inp))
+
+
+def mlp_matmuls(module, rows: int, library: str = "blas"):
+    """A callable doing only the network's dense-layer products for ``rows`` atoms: every Linear
+    forward and its input-gradient product, with the module's own weights (reported, not a
+    target). ``library``: "blas" = ``torch.addmm`` / ``torch.mm`` (MKL in the PyPI wheels), the
+    products the official member and ``aimnet`` run; "onednn" = oneDNN with the weights packed
+    once (``aimnet2mult.nn.mlp.PackedWeights``), the products aimnet2mult's exported potentials
+    run on CPU in float32."""
+    import torch
+    from aimnet2mult.nn.mlp import ONEDNN_PRODUCTS, _onednn_linear, _onednn_pack
+
+    if library not in ("blas", "onednn"):
+        raise ValueError(f"library must be 'blas' or 'onednn', got {library!r}")
+    if library == "onednn" and not ONEDNN_PRODUCTS:
+        raise RuntimeError("this torch build has no oneDNN")
     layers = []
     params = dict(module.named_parameters())
     for name, w in params.items():
         if name.endswith(".weight") and w.dim() == 2 and (".passes." in name or ".readouts." in name):
             bias = params[name[:-len("weight")] + "bias"]
-            layers.append((w.detach(), bias.detach(), torch.randn(rows, w.shape[1]), torch.randn(rows, w.shape[0])))
+            w = w.detach()
+            x, g = torch.randn(rows, w.shape[1]), torch.randn(rows, w.shape[0])
+            if library == "onednn":
+                layers.append((_onednn_pack(w), bias.detach(), x, g, _onednn_pack(w.t())))
+            else:
+                layers.append((w, bias.detach(), x, g, w))
 
     def call():
-        for w, b, x, g in layers:
-            torch.addmm(b, x, w.t())
-            torch.mm(g, w)
+        if library == "onednn":
+            for w, b, x, g, wt in layers:
+                _onednn_linear(x, w, b)
+                _onednn_linear(g, wt, None)
+        else:
+            for w, b, x, g, _ in layers:
+                torch.addmm(b, x, w.t())
+                torch.mm(g, w)
     return call
 
 
 def run(args):
     import torch
+    from aimnet2mult.nn.mlp import ONEDNN_PRODUCTS as ONEDNN
 
     load0 = machine_load()
     torch.set_num_threads(args.threads)
@@ -328,8 +357,9 @@ def run(args):
         dense = {"coord": coord[None], "numbers": numbers[None], "charge": torch.zeros(1)}
         flat = {"coord": coord, "numbers": numbers, "charge": torch.zeros(1)}
         arms = {
-            # the layout the calculators and OpenMM forces use for molecules (neighbour lists)
-            "aimnet2mult": lambda: ours(dict(flat)),
+            # the layout the calculators and OpenMM forces use for molecules (neighbour lists),
+            # called as the calculators call it (see ours_call)
+            "aimnet2mult": lambda: ours_call(ours, flat),
             "official": lambda: member({k: v.clone() for k, v in dense.items()}),
         }
         if args.dense:
@@ -363,6 +393,8 @@ def run(args):
         else:
             checks_info = {}
         arms["mlp_matmuls"] = mlp_matmuls(ours, n + 1)  # timed with the others; no energies
+        if ONEDNN:
+            arms["mlp_matmuls_onednn"] = mlp_matmuls(ours, n + 1, "onednn")
         for _ in range(max(0, args.warmup - 1)):
             for fn in arms.values():
                 fn()
@@ -384,6 +416,8 @@ def run(args):
                "ratio_vs_official": med["aimnet2mult"] / med["official"],
                "ratio_vs_aimnet": (med["aimnet2mult"] / med["aimnet"]) if "aimnet" in med else None,
                "matmul_floor_vs_official": med["mlp_matmuls"] / med["official"],
+               "matmul_onednn_vs_official": (med["mlp_matmuls_onednn"] / med["official"]
+                                             if "mlp_matmuls_onednn" in med else None),
                "energy_eV": e, "checks": checks, "info": checks_info, "load": machine_load()}
         rows.append(row)
         print(_row_line(row), flush=True)
@@ -443,8 +477,10 @@ def print_table(result):
         print(line)
     print("ours = aimnet2mult's exported file on the neighbour-list layout (what its calculators use); "
           "dE = |E_ours - E_peer|; mlp_matmuls = the dense-layer products alone (forward + input gradient, "
-          "same weights): " + ", ".join(f"{r['matmul_floor_vs_official']:.2f}x" for r in rows)
-          + " of the official member's time")
+          "same weights) by BLAS as the peers run them: " + ", ".join(f"{r['matmul_floor_vs_official']:.2f}x" for r in rows)
+          + " of the official member's time; mlp_matmuls_onednn = the same by oneDNN with packed weights, as "
+          "ours runs them: " + ", ".join(f"{r['matmul_onednn_vs_official']:.2f}x" for r in rows
+                                         if r.get("matmul_onednn_vs_official") is not None))
     s = result["summary"]
     print(f"targets (10-100 atoms): ours/official <= {TARGET_OFFICIAL} -> worst "
           f"{s['worst_ratio_vs_official_10_100']:.2f} ({'met' if s['met_vs_official'] else 'NOT met'})", end="")

@@ -148,8 +148,12 @@ def inference_rows(inf, tag: str):
         if "matmul_floor_vs_official" in r:
             rows.append(("inference", f"{r['atoms']} atoms: dense-layer products alone/official{tag}",
                          _fmt(r["matmul_floor_vs_official"]) + "x", "(info)", "",
-                         "forward + input-gradient matrix products of the same weights: a floor under any "
-                         "implementation"))
+                         "forward + input-gradient matrix products of the same weights by BLAS, as the "
+                         "peers run them"))
+        if r.get("matmul_onednn_vs_official") is not None:
+            rows.append(("inference", f"{r['atoms']} atoms: oneDNN dense-layer products alone/official{tag}",
+                         _fmt(r["matmul_onednn_vs_official"]) + "x", "(info)", "",
+                         "the same products by oneDNN with packed weights, as aimnet2mult runs them"))
         if r["ratio_vs_aimnet"] is not None:
             rows.append(("inference", f"{r['atoms']} atoms: ours/aimnet{tag}", _fmt(r["ratio_vs_aimnet"]) + "x",
                          f"<= {inf['targets']['vs_aimnet']}" if in_range else "(info)",

@@ -244,6 +244,12 @@ class LoadedPotential:
                     f"{widths[axis]:.3f} Å, less than the potential's cutoff {self.cutoff:.3f} Å; use a larger "
                     "(super)cell")
 
+    def _autograd_free(self, flat: bool, periodic: bool) -> bool:
+        """Whether this call takes its forces without autograd (flat layout, hand-written
+        gradients; see ``Potential.autograd_free``), so that it can run under inference mode.
+        Files exported before that method existed answer False."""
+        return flat and hasattr(self.module, "autograd_free") and bool(self.module.autograd_free(periodic))
+
     def __call__(self, positions, numbers, charge: float = 0.0, mult: float = 1.0,
                  cell: Optional[np.ndarray] = None, pbc: Optional[Sequence[bool]] = None,
                  dense_max_atoms: int = DENSE_MAX_ATOMS, coulomb: Any = None) -> Dict[str, np.ndarray]:
@@ -278,7 +284,8 @@ class LoadedPotential:
         try:
             with self._lock:  # the Coulomb method is module state, shared by all users of this potential
                 set_module_coulomb(self.module, setting)
-                out = self.module(inp)
+                with torch.inference_mode(self._autograd_free(inp["coord"].dim() == 2, periodic)):
+                    out = self.module(inp)
         except (ValueError, RuntimeError, AssertionError, IndexError, torch.jit.Error) as exc:
             # a scripted potential raises torch.jit.Error, whose text carries the interpreter traceback
             raise ValueError(clean_error(exc)) from None
