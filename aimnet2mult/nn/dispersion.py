@@ -176,6 +176,12 @@ class D3BJ(nn.Module):
         tables = load_d3_reference_tables()
         self.register_buffer("refc6", tables["refc6"])
         self.register_buffer("refcn", tables["refcn"])
+        # per element: 1 for the used reference slots, and the exceptional-case weights (1 on the
+        # used slot(s) of largest reference CN), so that _weights needs no masking per call
+        valid = tables["refcn"] >= 0.0
+        largest = tables["refcn"] == tables["refcn"].max(-1, keepdim=True)[0]
+        self.register_buffer("ref_valid", valid.to(torch.float64))
+        self.register_buffer("ref_fallback", (valid & largest).to(torch.float64))
         self.register_buffer("r4r2", tables["r4r2"])
         self.register_buffer("rcov", tables["rcov"])
         self.register_buffer("rvdw", tables["rvdw"])
@@ -204,23 +210,19 @@ class D3BJ(nn.Module):
         """Gaussian reference weights w (atom tensor (..., 7)), computed in float64, and, when
         ``derivative``, dw/dCN (else an empty tensor)."""
         refcn = self.refcn[numbers]  # (..., 7) float64
-        valid = refcn >= 0.0
         dcn = refcn - cn.to(torch.float64).unsqueeze(-1)
-        w = torch.where(valid, torch.exp(-self.k3 * dcn * dcn), torch.zeros_like(dcn))
+        w = torch.exp(dcn * dcn * (-self.k3)) * self.ref_valid[numbers]  # unused slots weigh 0
         norm = w.sum(-1, keepdim=True)
         # dftd3: a vanishing norm (underflow far above all reference CNs) puts all weight on the
         # reference with the largest CN and has zero derivative.
         exceptional = norm == 0.0
         safe_norm = torch.where(exceptional, torch.ones_like(norm), norm)
-        gw = w / safe_norm
-        maxcn = refcn.max(-1, keepdim=True)[0]
-        fallback = (refcn == maxcn).to(torch.float64)
-        gw = torch.where(valid, torch.where(exceptional, fallback, gw), torch.zeros_like(gw))
+        gw = torch.where(exceptional, self.ref_fallback[numbers], w / safe_norm)
         dgw = torch.empty(0, dtype=gw.dtype, device=gw.device)
         if derivative:
-            dw = 2.0 * self.k3 * dcn * w  # d(unnormalised w)/dCN
+            # zero by itself on unused slots and exceptional atoms, where w (hence dw) is 0
+            dw = dcn * w * (2.0 * self.k3)  # d(unnormalised w)/dCN
             dgw = (dw - gw * dw.sum(-1, keepdim=True)) / safe_norm
-            dgw = torch.where(valid & ~exceptional, dgw, torch.zeros_like(dgw))
         return gw, dgw
 
     def _check_numbers(self, numbers: Tensor) -> None:
@@ -327,18 +329,16 @@ class D3BJ(nn.Module):
         numbers = numbers.to(torch.long)
         self._check_numbers(numbers)
         r = d_ij * self.ang2bohr
+        # the smooth cutoff switch, unless the list holds every pair of isolated molecules
         switched = "lr_all_pairs" not in data
-        sw = torch.ones_like(d_ij)
-        dsw = torch.zeros_like(d_ij)
-        if switched:
-            sw = self.switch(d_ij)
-            dsw = self.switch_derivative(d_ij)
+        sw = self.switch(d_ij) if switched else torch.empty(0, dtype=dtype, device=d_ij.device)
 
         rcov = self.rcov[numbers].to(dtype)
         rc = take(rcov, i_idx) + take(rcov, j_idx)
-        count = 1.0 / (1.0 + torch.exp(-self.k1 * (rc / r - 1.0)))
+        count = torch.sigmoid((rc / r - 1.0) * self.k1)  # 1 / (1 + exp(-k1 (rc / r - 1)))
+        count_sw = count * sw if switched else count
         cn = torch.zeros(n_atoms, dtype=dtype, device=d_ij.device)
-        cn = cn.index_add(0, i_idx, count * sw).index_add(0, j_idx, count * sw)
+        cn = cn.index_add(0, i_idx, count_sw).index_add(0, j_idx, count_sw)
 
         w64, dw_dcn = self._weights(numbers, cn, True)
         w = w64.to(dtype)
@@ -347,34 +347,48 @@ class D3BJ(nn.Module):
         lut = torch.zeros(self.max_z + 1, dtype=torch.long, device=numbers.device)
         lut[uz] = torch.arange(n_u, dtype=torch.long, device=numbers.device)
         ref = self.refc6[numbers.unsqueeze(-1), uz].to(dtype)  # (A, U, 7, 7)
-        g = (ref * w.unsqueeze(-2).unsqueeze(-1)).sum(-2).reshape(n_atoms * n_u, 7)  # Σ_a w_i^a C6ref_ab
+        g = (ref * w.unsqueeze(-2).unsqueeze(-1)).sum(-2).reshape(n_atoms * n_u, 7)  # Σ_a w_i^a C6ref
         lz = take(lut, numbers)
         dc6_dwj = take(g, i_idx * n_u + take(lz, j_idx))  # (P, 7) = Σ_a w_i^a C6ref[Zi, Zj, a, :]
         dc6_dwi = take(g, j_idx * n_u + take(lz, i_idx))  # (P, 7) = Σ_b C6ref[Zi, Zj, :, b] w_j^b
         c6 = (dc6_dwj * take(w, j_idx)).sum(-1)
 
         q = self.r4r2[numbers].to(dtype)
-        qq = 3.0 * take(q, i_idx) * take(q, j_idx)
+        qq = take(q, i_idx) * take(q, j_idx) * 3.0
         r2, r6, r8, den6, den8 = self._bj_powers(r, qq)
-        e_pair = self.s6 * c6 / den6 + self.s8 * c6 * qq / den8  # Hartree, > 0
+        inv6 = torch.reciprocal(den6)
+        qq_den8 = qq / den8
+        # e_pair = c6 (s6 / den6 + s8 qq / den8) (Hartree, > 0); E = -Σ sw e_pair in eV
+        de_pair_dc6 = torch.add(inv6 * self.s6, qq_den8, alpha=self.s8)
+        e_pair = c6 * de_pair_dc6
         scale = -self.hartree2ev
+        if switched:
+            de_pair_dc6 = de_pair_dc6 * sw  # now ∂(sw e_pair)/∂c6
+        e_sum = e_pair * sw if switched else e_pair
         e_atom = torch.zeros(n_atoms, dtype=torch.float64, device=d_ij.device).index_add(
-            0, i_idx, (e_pair * sw).to(torch.float64))
+            0, i_idx, e_sum.to(torch.float64))
         energy = nbops.mol_sum(e_atom, data) * scale
 
-        # gradient (eV per unit of each variable)
-        de_dc6 = scale * sw * (self.s6 / den6 + self.s8 * qq / den8)
-        de_dr_direct = scale * sw * (-6.0 * self.s6 * c6 * r2 * r2 * r / (den6 * den6)
-                                     - 8.0 * self.s8 * c6 * qq * r6 * r / (den8 * den8))
+        # gradient, in eV per Å of every pair distance. Direct part at fixed C6:
+        # ∂e_pair/∂r = -c6 r (6 s6 r⁴ / den6² + 8 s8 qq r⁶ / den8²)
+        r4 = r2 * r2
+        inner = torch.add((r4 * inv6 * inv6) * (6.0 * self.s6), r6 * qq_den8 / den8, alpha=8.0 * self.s8)
+        de_dr = inner * r * c6 * (-scale * self.ang2bohr)
+        if switched:
+            de_dr = de_dr * sw
+        # C6 part through the coordination numbers of both atoms of every pair
         g_w = torch.zeros(n_atoms, 7, dtype=dtype, device=d_ij.device)
-        g_w = g_w.index_add(0, i_idx, de_dc6.unsqueeze(-1) * dc6_dwi).index_add(
-            0, j_idx, de_dc6.unsqueeze(-1) * dc6_dwj)
+        de_dc6 = (de_pair_dc6 * scale).unsqueeze(-1)
+        g_w = g_w.index_add(0, i_idx, de_dc6 * dc6_dwi).index_add(0, j_idx, de_dc6 * dc6_dwj)
         de_dcn = (g_w * dw_dcn.to(dtype)).sum(-1)  # (A,)
         de_dcn_pair = take(de_dcn, i_idx) + take(de_dcn, j_idx)
-        dcount_dr = count * (1.0 - count) * (-self.k1 * rc / r2)
-        de_dr = de_dr_direct + de_dcn_pair * dcount_dr * sw
-        de_dsw = scale * e_pair + de_dcn_pair * count
-        return energy, de_dr * self.ang2bohr + de_dsw * dsw
+        # d count / dd = count (1 - count) (-k1 rc / r²) · (Bohr per Å)
+        dcount_dd = count * (1.0 - count) * rc / r2 * (-self.k1 * self.ang2bohr)
+        if not switched:
+            return energy, de_dr + de_dcn_pair * dcount_dd
+        de_dr = de_dr + de_dcn_pair * dcount_dd * sw
+        de_dsw = e_pair * scale + de_dcn_pair * count
+        return energy, de_dr + de_dsw * self.switch_derivative(d_ij)
 
     def _atm(self, numbers: Tensor, r2: Tensor, valid: Tensor, c6: Tensor) -> Tensor:
         """Axilrod-Teller-Muto energy per atom (Hartree, float64), dense layout (B, N, N)."""

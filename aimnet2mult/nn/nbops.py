@@ -48,6 +48,8 @@ def neighbor_dim(data: Dict[str, Tensor]) -> int:
 def take_rows(x: Tensor, idx: Tensor) -> Tensor:
     """``x[idx]`` for an integer index tensor of any shape, by ``index_select`` (whose backward is
     an ``index_add``; advanced indexing's backward is a much slower ``index_put``)."""
+    if idx.dim() == 1:  # the common case: no reshapes (each a dispatched operator)
+        return torch.index_select(x, 0, idx)
     out = torch.index_select(x, 0, idx.reshape(-1))
     return out.reshape(list(idx.shape) + list(x.shape[1:]))
 
