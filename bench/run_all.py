@@ -141,6 +141,10 @@ def inference_rows(inf, tag: str):
                      f"<= {inf['targets']['vs_official']}" if in_range else "(info)",
                      _verdict(r["ratio_vs_official"] <= inf["targets"]["vs_official"]) if in_range else "",
                      f"ms/call {msg}"))
+        if r.get("block", 1) > 1:
+            rows.append(("inference", f"{r['atoms']} atoms: ours/official, cold calls{tag}",
+                         _fmt(r["ratio_vs_official_cold"]) + "x", "(info)", "",
+                         "first call of each block, after the other arms ran"))
         if "aimnet2mult_dense" in ms:
             rows.append(("inference", f"{r['atoms']} atoms: ours dense layout/official{tag}",
                          _fmt(ms["aimnet2mult_dense"] / ms["official"]) + "x", "(info)", "",

@@ -36,7 +36,7 @@ def shell_sums(x: Tensor, gs: Tensor, gv: Tensor, data: Dict[str, Tensor], agh: 
 
 def flat_shell_sums_recorded(x: Tensor, w: Tensor, nbmat: Tensor, agh: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The flat layout's :func:`shell_sums`, also returning what :func:`flat_shell_sums_vjp`
-    needs: (S (A, K, G), P (A, K, H), x_j (G, A, M, K), V (A, K, H, 3)). x (A, K, G); w the flat
+    needs: (S (A, K, G), P (A, K, H), x_j (G, A, M, K), V (K, A, 3, H)). x (A, K, G); w the flat
     pair basis (G, A, 4, M); nbmat (A, M)."""
     x_g = x.permute(2, 0, 1).contiguous()  # (G, A, K)
     # index_select: its backward is an index_add (advanced indexing's is a slower index_put)
@@ -47,18 +47,29 @@ def flat_shell_sums_recorded(x: Tensor, w: Tensor, nbmat: Tensor, agh: Tensor) -
 
 
 def _sums_from_products(res: Tensor, agh: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """res (G, A, 4, K) = Σ_j [gs | gv]_ij x_j per shell -> (S (A, K, G), P (A, K, H), V (A, K, H, 3))."""
+    """res (G, A, 4, K) = Σ_j [gs | gv]_ij x_j per shell -> (S (A, K, G), P (A, K, H), V (K, A, 3, H)).
+
+    The mixing over shells is one batched product per channel, (K, 3A, G)(K, G, H), written out
+    rather than as an einsum (which pays its planning and the same transposes on every call)."""
+    n_g, n_a, n_k = res.shape[0], res.shape[1], res.shape[3]
     s, t = torch.split(res, [1, 3], dim=2)
     s = s.squeeze(2).permute(1, 2, 0)  # (A, K, G)
-    v = torch.einsum("...fgx,fgh->...fhx", t.permute(1, 3, 0, 2), agh)  # (A, K, H, 3)
-    return s, (v * v).sum(-1), v
+    v = torch.bmm(t.permute(3, 1, 2, 0).reshape(n_k, n_a * 3, n_g), agh)  # (K, 3A, H)
+    v = v.view(n_k, n_a, 3, v.shape[-1])
+    return s, (v * v).sum(2).permute(1, 0, 2), v
 
 
 def _products_grad(g_s: Tensor, g_p: Tensor, v: Tensor, agh: Tensor) -> Tensor:
-    """VJP of :func:`_sums_from_products`: g_s (A, K, G), g_p (A, K, H) -> gradient of res (G, A, 4, K)."""
-    g_v = 2.0 * v * g_p.unsqueeze(-1)  # (A, K, H, 3)
-    g_t = torch.einsum("akhx,kgh->gaxk", g_v, agh)  # (G, A, 3, K)
-    return torch.cat([g_s.permute(2, 0, 1).unsqueeze(2), g_t], dim=2)  # (G, A, 4, K)
+    """VJP of :func:`_sums_from_products`: g_s (A, K, G), g_p (A, K, H), V (K, A, 3, H) -> gradient
+    of res (G, A, 4, K)."""
+    n_k, n_a, n_h = v.shape[0], v.shape[1], v.shape[3]
+    n_g = agh.shape[1]
+    g_v = v * (2.0 * g_p.permute(1, 0, 2).unsqueeze(2))  # (K, A, 3, H)
+    g_t = torch.bmm(g_v.view(n_k, n_a * 3, n_h), agh.transpose(1, 2))  # (K, 3A, G)
+    g_res = torch.empty(n_g, n_a, 4, n_k, dtype=g_s.dtype, device=g_s.device)
+    g_res[:, :, 0, :] = g_s.permute(2, 0, 1)
+    g_res[:, :, 1:, :] = g_t.view(n_k, n_a, 3, n_g).permute(3, 1, 2, 0)
+    return g_res
 
 
 def flat_shell_sums_vjp(g_s: Tensor, g_p: Tensor, x_j: Tensor, v: Tensor, w: Tensor, nbmat: Tensor,
@@ -94,7 +105,7 @@ def dense_shell_matrices(w: Tensor, nbmat: Tensor) -> Tensor:
 
 def dense_shell_sums_recorded(x: Tensor, s_mat: Tensor, agh: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`flat_shell_sums_recorded` with the pair basis as :func:`dense_shell_matrices`
-    (G, 4A, A): (S (A, K, G), P (A, K, H), x_g (G, A, K), V (A, K, H, 3)) for
+    (G, 4A, A): (S (A, K, G), P (A, K, H), x_g (G, A, K), V (K, A, 3, H)) for
     :func:`dense_shell_sums_vjp`."""
     x_g = x.permute(2, 0, 1).contiguous()  # (G, A, K)
     res = torch.bmm(s_mat, x_g).view(x_g.shape[0], x_g.shape[1], 4, x_g.shape[2])
