@@ -22,6 +22,7 @@ from . import __version__
 from .checkpoint import CheckpointError, build_model, checkpoint_hash, fidelity_index, load_checkpoint
 from .elements import SYMBOLS
 from .io_utils import atomic_write
+from .nn.mlp import ONEDNN_PRODUCTS
 from .potential import Potential
 
 POTENTIAL_FORMAT = "aimnet2mult-potential"
@@ -214,6 +215,9 @@ def potential_metadata(ckpt: Dict[str, Any], k: int, disp: Optional[Dict[str, An
                           "dispersion_cutoff": None if disp is None else disp["cutoff"],
                           "dispersion_switch_width": None if disp is None else disp["switch_width"]},
         "requires_extensions": [] if neighbor_library == "torch" else [neighbor_library],
+        # dense layers by oneDNN (aimnet2mult.nn.mlp.ONEDNN_PRODUCTS): loading needs a torch
+        # build with oneDNN; export with AIMNET2MULT_ONEDNN=0 for one that loads anywhere
+        "onednn_products": bool(ONEDNN_PRODUCTS),
         "source": ckpt.get("source", {}),
     }
 
@@ -266,6 +270,10 @@ def load_potential(path: Union[str, Path], device: Union[str, torch.device] = "c
         raise ValueError(f"{path}: metadata format {meta.get('format')!r} is not {POTENTIAL_FORMAT!r}")
     for ext in meta.get("requires_extensions", []):
         __import__(ext)
+    if meta.get("onednn_products") and not torch.backends.mkldnn.is_available():
+        raise ValueError(f"{path}: the potential was exported with oneDNN dense-layer products, and this torch "
+                         f"build ({torch.__version__}) has no oneDNN (torch.backends.mkldnn.is_available() is "
+                         "False); export it again with AIMNET2MULT_ONEDNN=0 in the environment")
     try:
         module = torch.jit.load(str(path), map_location=device)
     except RuntimeError as exc:

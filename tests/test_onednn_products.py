@@ -156,3 +156,47 @@ def test_autograd_free_reports_which_calls_can_run_in_inference_mode():
     assert torch.equal(normal["forces"], inference["forces"]) and torch.equal(normal["stress"], inference["stress"])
     pot.set_manual_forces(False)
     assert not pot.autograd_free(False)
+
+
+def test_export_without_onednn_loads_anywhere_and_agrees(tmp_path, monkeypatch):
+    """AIMNET2MULT_ONEDNN=0 at import time: the exported file holds no oneDNN operator (it loads in
+    torch builds without oneDNN) and gives the same energies and forces to float32 rounding."""
+    import os
+    import subprocess
+    import sys
+
+    from aimnet2mult.checkpoint import save_checkpoint
+    from aimnet2mult.export import export_potential, load_potential, read_metadata
+
+    ckpt, _ = small_checkpoint(1, dispersion=D3)
+    path = tmp_path / "m.pt"
+    save_checkpoint(ckpt, path)
+    default_file = export_potential(path, 0, tmp_path / "default.jpt")
+    portable_file = tmp_path / "portable.jpt"
+    env = dict(os.environ, AIMNET2MULT_ONEDNN="0")
+    code = ("import sys; from aimnet2mult.export import export_potential; "
+            "export_potential(sys.argv[1], 0, sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(path), str(portable_file)], env=env, check=True)
+    assert read_metadata(portable_file)["onednn_products"] is False
+    assert read_metadata(default_file)["onednn_products"] is ONEDNN_PRODUCTS
+    portable, _ = load_potential(portable_file)
+    default, _ = load_potential(default_file)
+
+    def code_of(file):  # the TorchScript source saved in the file
+        import zipfile
+        with zipfile.ZipFile(file) as z:
+            return "\n".join(z.read(n).decode() for n in z.namelist() if n.endswith(".py"))
+
+    assert "mkldnn" not in code_of(portable_file)
+    assert ("mkldnn" in code_of(default_file)) is ONEDNN_PRODUCTS
+    inp = _molecule_input("C6H6")
+    a, b = portable(dict(inp)), default(dict(inp))
+    for key in ("energy", "forces"):
+        assert (a[key] - b[key]).abs().max().item() < 2e-5, key
+
+    # a oneDNN file in a torch build without oneDNN: a clear error before torch.jit.load fails
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    if ONEDNN_PRODUCTS:
+        with pytest.raises(ValueError, match="AIMNET2MULT_ONEDNN=0"):
+            load_potential(default_file)
+    load_potential(portable_file)

@@ -6,6 +6,7 @@ vector-Jacobian product (:func:`mlp_vjp`) needs, so the exported potential can t
 the autograd engine walking the network (see ``aimnet2mult.nn.backbone``).
 """
 
+import os
 from typing import List, Optional, Tuple
 
 import torch
@@ -16,8 +17,11 @@ from torch import Tensor, nn
 #: 0.6-0.85x the time of the BLAS (MKL) product behind ``F.linear`` / ``torch.mm``, and 0.45-0.55x
 #: with the weights packed once into oneDNN's blocked layout (:class:`PackedWeights`; measured by
 #: bench/bench_inference.py, "dense-layer products"). A file exported with it needs a torch build
-#: with oneDNN (every x86-64 wheel and conda package has it).
-ONEDNN_PRODUCTS: bool = torch.backends.mkldnn.is_available()
+#: with oneDNN to load (every x86-64 wheel and conda package has it; exported metadata records
+#: ``onednn_products``). ``AIMNET2MULT_ONEDNN=0`` in the environment at import time turns it off
+#: (BLAS products; files that load in any torch build).
+ONEDNN_PRODUCTS: bool = (torch.backends.mkldnn.is_available()
+                         and os.environ.get("AIMNET2MULT_ONEDNN", "1").strip() != "0")
 
 if ONEDNN_PRODUCTS:
     def _onednn_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
