@@ -481,7 +481,8 @@ def summarize(rows):
 def print_table(result):
     rows = result["rows"]
     arms = list(rows[0]["ms_per_call"]) if rows else []
-    head = f"{'atoms':>6} " + "".join(f"{a + ' ms':>20}" for a in arms) + f"{'ours/official':>15}{'ours/aimnet':>13}"
+    width = {a: max(20, len(a) + 5) for a in arms}
+    head = f"{'atoms':>6} " + "".join(f"{a + ' ms':>{width[a]}}" for a in arms) + f"{'ours/official':>15}{'ours/aimnet':>13}"
     head += f"{'cold ours/off.':>16}{'cold ours/aimnet':>18}{'dE off. eV':>12}{'dE aimnet eV':>14}"
     block = rows[0].get("block", 1) if rows else 1
     how = (f"median of the warm calls of interleaved blocks of {block} calls per arm; 'cold' = first call of "
@@ -491,7 +492,7 @@ def print_table(result):
           f"{_load_str(result['load_at_start'])} at start)")
     print(head)
     for r in rows:
-        line = f"{r['atoms']:>6d} " + "".join(f"{r['ms_per_call'][a]:>20.2f}" for a in arms)
+        line = f"{r['atoms']:>6d} " + "".join(f"{r['ms_per_call'][a]:>{width[a]}.2f}" for a in arms)
         line += f"{r['ratio_vs_official']:>14.2f}x"
         line += f"{r['ratio_vs_aimnet']:>12.2f}x" if r["ratio_vs_aimnet"] is not None else f"{'-':>13}"
         line += f"{r['ratio_vs_official_cold']:>15.2f}x"
