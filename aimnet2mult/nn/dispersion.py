@@ -225,6 +225,17 @@ class D3BJ(nn.Module):
             dgw = (dw - gw * dw.sum(-1, keepdim=True)) / safe_norm
         return gw, dgw
 
+    def _reference_sums(self, numbers: Tensor, w: Tensor) -> Tuple[Tensor, Tensor]:
+        """Σ_a w_i^a C6ref[Z_i, Z, a, :] for every atom i and every element Z present, the first
+        half of C6_ij = Σ_ab w_i^a w_j^b C6ref_ab (contracted per atom against the U elements
+        present only, then gathered per pair): (g (..., U, 7), lut (max_z + 1,) element -> U index).
+        numbers: atom tensor (...) int64; w: reference weights (..., 7) in the working dtype."""
+        uz = torch.unique(numbers)
+        lut = torch.zeros(self.max_z + 1, dtype=torch.long, device=numbers.device)
+        lut[uz] = torch.arange(uz.shape[0], dtype=torch.long, device=numbers.device)
+        ref = self.refc6[numbers.unsqueeze(-1), uz].to(w.dtype)  # (..., U, 7, 7)
+        return (ref * w.unsqueeze(-2).unsqueeze(-1)).sum(-2), lut
+
     def _check_numbers(self, numbers: Tensor) -> None:
         if numbers.numel() > 0:
             zmax = int(numbers.max())
@@ -265,14 +276,9 @@ class D3BJ(nn.Module):
             count = count * sw
         cn = nbops.sum_j(count, data, key)
 
-        # reference weights and C6 = Σ_ab w_i^a w_j^b C6ref_ab. The reference block is contracted
-        # with w_i per atom against the elements present only, then gathered per pair.
+        # reference weights and C6 = Σ_ab w_i^a w_j^b C6ref_ab
         w = self._weights(numbers, cn)[0].to(dtype)  # (..., 7)
-        uz = torch.unique(numbers)
-        lut = torch.zeros(self.max_z + 1, dtype=torch.long, device=numbers.device)
-        lut[uz] = torch.arange(uz.shape[0], dtype=torch.long, device=numbers.device)
-        ref = self.refc6[numbers.unsqueeze(-1), uz].to(dtype)  # (..., U, 7, 7)
-        g = (ref * w.unsqueeze(-2).unsqueeze(-1)).sum(-2)  # (..., U, 7): Σ_a w_i^a C6ref_ab
+        g, lut = self._reference_sums(numbers, w)
         g_ij = nbops.gather_ij(g, lut[z_j], data, key)  # (pair..., 7)
         c6 = (g_ij * nbops.gather_j(w, data, key)).sum(-1)
 
@@ -342,12 +348,9 @@ class D3BJ(nn.Module):
 
         w64, dw_dcn = self._weights(numbers, cn, True)
         w = w64.to(dtype)
-        uz = torch.unique(numbers)
-        n_u = uz.shape[0]
-        lut = torch.zeros(self.max_z + 1, dtype=torch.long, device=numbers.device)
-        lut[uz] = torch.arange(n_u, dtype=torch.long, device=numbers.device)
-        ref = self.refc6[numbers.unsqueeze(-1), uz].to(dtype)  # (A, U, 7, 7)
-        g = (ref * w.unsqueeze(-2).unsqueeze(-1)).sum(-2).reshape(n_atoms * n_u, 7)  # Σ_a w_i^a C6ref
+        g, lut = self._reference_sums(numbers, w)
+        n_u = g.shape[1]
+        g = g.reshape(n_atoms * n_u, 7)
         lz = take(lut, numbers)
         dc6_dwj = take(g, i_idx * n_u + take(lz, j_idx))  # (P, 7) = Σ_a w_i^a C6ref[Zi, Zj, a, :]
         dc6_dwi = take(g, j_idx * n_u + take(lz, i_idx))  # (P, 7) = Σ_b C6ref[Zi, Zj, :, b] w_j^b
