@@ -39,22 +39,32 @@ class RadialBasis(nn.Module):
         gv = gs.unsqueeze(-1) * u_ij.unsqueeze(-2)
         return gs, gv
 
-    def vjp(self, d_ij: Tensor, u_ij: Tensor, gs: Tensor, g_w: Tensor) -> Tuple[Tensor, Tensor]:
-        """Hand-written VJP of the flat pair basis W (G, A, 4, M) = [gs | gs ⊗ u] (see
-        ``conv.flat_pair_basis``): its gradient g_w -> (dE/dd (A, M), dE/du (A, M, 3)).
-        d_ij (A, M) Å, u_ij (A, M, 3), gs (A, M, G) from :meth:`forward`."""
-        g_w = g_w.permute(1, 3, 0, 2)  # (A, M, G, 4)
-        g_gv = g_w[..., 1:]  # (A, M, G, 3)
-        g_gs = g_w[..., 0] + (g_gv * u_ij.unsqueeze(-2)).sum(-1)  # (A, M, G)
-        g_u = (g_gv * gs.unsqueeze(-1)).sum(-2)  # (A, M, 3)
-        shifts = self.shifts.to(d_ij.dtype)
-        eta = self.eta.to(d_ij.dtype)
+    def _shells(self, d_ij: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Shell-major pieces of the flat layout, d_ij (A, M) Å: (d - s_g (G, A, M), Gaussians
+        exp(-eta (d - s_g)²) (G, A, M), fc (A, M), x = clamp(d / rc, 0, 1) (A, M))."""
+        diff = d_ij - self.shifts.to(d_ij.dtype).view(-1, 1, 1)
+        gauss = torch.exp(diff * diff * (-self.eta.to(d_ij.dtype)))
         x = (d_ij / self.cutoff).clamp(0.0, 1.0)
-        fc = 0.5 * torch.cos(math.pi * x) + 0.5
+        return diff, gauss, 0.5 * torch.cos(math.pi * x) + 0.5, x
+
+    def flat_basis(self, d_ij: Tensor, u_ij: Tensor) -> Tuple[Tensor, Tensor]:
+        """The flat pair basis W (G, A, 4, M) = [gs | gs ⊗ u] of ``conv.flat_pair_basis`` built
+        shell-major directly (no (A, M, G, 4) intermediate and no transposing copy), and gs
+        (G, A, M) for :meth:`vjp`. d_ij (A, M) Å, u_ij (A, M, 3)."""
+        _, gauss, fc, _ = self._shells(d_ij)
+        gs = (gauss * fc).unsqueeze(2)  # (G, A, 1, M)
+        return torch.cat([gs, gs * u_ij.transpose(1, 2)], dim=2), gs.squeeze(2)
+
+    def vjp(self, d_ij: Tensor, u_ij: Tensor, gs: Tensor, g_w: Tensor) -> Tuple[Tensor, Tensor]:
+        """Hand-written VJP of :meth:`flat_basis`: the gradient g_w of W (G, A, 4, M) ->
+        (dE/dd (A, M), dE/du (A, M, 3)). d_ij (A, M) Å, u_ij (A, M, 3), gs (G, A, M) from
+        :meth:`flat_basis`. Reductions run over the shell (leading) dimension."""
+        g_gv = g_w[:, :, 1:, :]  # (G, A, 3, M)
+        g_gs = g_w[:, :, 0, :] + (g_gv * u_ij.transpose(1, 2)).sum(2)  # (G, A, M)
+        g_u = (g_gv * gs.unsqueeze(2)).sum(0).transpose(1, 2)  # (A, M, 3)
+        diff, gauss, fc, x = self._shells(d_ij)
         # d fc / dd; zero beyond the cutoff (the clamp), where fc is constant
-        dfc = torch.where(d_ij < self.cutoff, -0.5 * math.pi / self.cutoff * torch.sin(math.pi * x),
+        dfc = torch.where(d_ij < self.cutoff, torch.sin(math.pi * x) * (-0.5 * math.pi / self.cutoff),
                           torch.zeros_like(d_ij))
-        diff = d_ij.unsqueeze(-1) - shifts
-        gauss = torch.exp(-eta * diff * diff)
-        dgs = gauss * (dfc.unsqueeze(-1) - 2.0 * eta * diff * fc.unsqueeze(-1))
-        return (g_gs * dgs).sum(-1), g_u
+        dgs = gauss * (dfc - diff * fc * (2.0 * self.eta.to(d_ij.dtype)))
+        return (g_gs * dgs).sum(0), g_u

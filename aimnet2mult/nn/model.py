@@ -28,7 +28,6 @@ from torch import Tensor, nn
 
 from . import nbops
 from .backbone import AIMNet2Backbone
-from .conv import flat_pair_basis
 from .coulomb import Coulomb
 from .geometry import long_range_geometry, pair_geometry
 from .readout import EnergyReadout
@@ -164,7 +163,7 @@ class MultiFidelityAIMNet2(nn.Module):
 
         The network runs without autograd; the gradient of its energy with respect to the pair
         geometry is computed by the hand-written VJPs of the readout, the backbone (to the pair
-        basis W of ``flat_pair_basis``) and the basis (to d_ij and u_ij). The returned energy
+        basis W of ``RadialBasis.flat_basis``) and the basis (to d_ij and u_ij). The returned energy
         (network + Coulomb) carries autograd history only through the Coulomb term; the caller
         adds the network's part of the forces as the vector-Jacobian product of the geometry
         ``data['d_ij']``, ``data['u_ij']`` with ``data['vjp_distance_grad']``,
@@ -179,8 +178,7 @@ class MultiFidelityAIMNet2(nn.Module):
         dtype = self.backbone.embedding.weight.dtype
         readout = self.readouts[0]
         with torch.no_grad():
-            gs, gv = self.backbone.basis(data["d_ij"], data["u_ij"])
-            w0 = flat_pair_basis(gs, gv)
+            w0, gs = self.backbone.basis.flat_basis(data["d_ij"], data["u_ij"])
             charge_channels = self._charge_channels(data, dtype)
             aim, q, kinds, saved, bounds, keep = self.backbone.forward_recorded(shifted, charge_channels, data, w0)
             e_atom, g_aim = readout.forward_vjp(aim, shifted, real.to(dtype))
