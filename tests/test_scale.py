@@ -187,6 +187,34 @@ def test_cell_list_matches_vesin():
     assert n_checked == 72
 
 
+@pytest.mark.parametrize("sizes", [[1], [9], [3, 1, 4]])
+def test_all_pairs_half_lists_every_pair_of_each_molecule_once(sizes):
+    """The long-range list of isolated molecules: every pair i < j within each molecule, row-major
+    (one molecule takes a shortcut; several the general path), against a plain loop."""
+    from aimnet2mult.nn.neighbors import all_pairs_half
+
+    mol_idx = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in enumerate(sizes)])
+    pairs, shifts = all_pairs_half(mol_idx, len(sizes))
+    expected = [(i, j) for i in range(len(mol_idx)) for j in range(i + 1, len(mol_idx)) if mol_idx[i] == mol_idx[j]]
+    assert pairs.tolist() == ([[i for i, _ in expected], [j for _, j in expected]] if expected else [[], []])
+    assert shifts.shape == (len(expected), 3) and shifts.dtype == torch.int32 and not shifts.any()
+
+
+@pytest.mark.parametrize("n_atoms, n_mol", [(1, 1), (2, 1), (9, 1), (40, 3), (120, 2)])
+def test_all_pairs_neighbor_matrix_equals_the_pair_list_route(n_atoms, n_mol):
+    """Small isolated systems build the short-range matrix straight from the all-pairs mask; it
+    must equal the pair list (all_pairs_within) packed by padded_neighbor_matrix, slot for slot."""
+    from aimnet2mult.nn.neighbors import all_pairs_neighbor_matrix, all_pairs_within, padded_neighbor_matrix
+
+    gen = torch.Generator().manual_seed(n_atoms)
+    x = torch.rand(n_atoms, 3, dtype=torch.float64, generator=gen) * 2.5 * n_atoms ** (1 / 3)
+    mol = torch.sort(torch.randint(0, n_mol, (n_atoms,), generator=gen))[0]
+    i, j = all_pairs_within(x, mol, 5.0, True)
+    nbmat, shifts = padded_neighbor_matrix(i, j, torch.zeros(i.shape[0], 3, dtype=torch.int32), n_atoms)
+    direct, direct_shifts = all_pairs_neighbor_matrix(x, mol, 5.0)
+    assert torch.equal(direct, nbmat) and torch.equal(direct_shifts, shifts)
+
+
 def test_atom_paired_with_its_own_images():
     # one atom in a 2 Å cubic cell, 4.5 Å cutoff: its images at 2, 2√2, 2√3, 4 Å ...
     x = torch.zeros(1, 3, dtype=torch.float64)

@@ -41,7 +41,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TorchCellList", "cell_list_pairs", "all_pairs_within", "padded_neighbor_matrix", "all_pairs_half",
+__all__ = ["TorchCellList", "cell_list_pairs", "all_pairs_within", "all_pairs_neighbor_matrix",
+           "padded_neighbor_matrix", "all_pairs_half",
            "half_list_mask", "make_neighbor_list", "assemble_lists", "NEIGHBOR_LIST_LIBRARIES", "VerletNeighborList"]
 
 #: names accepted by ``make_neighbor_list`` (and ``export_potential(neighbor_list=...)``)
@@ -73,6 +74,9 @@ def all_pairs_half(mol_idx: Tensor, n_mol: int) -> Tuple[Tensor, Tensor]:
     (P, 3) int32). ``mol_idx`` (N,) must be sorted (atoms of a molecule contiguous)."""
     n = mol_idx.shape[0]
     dev = mol_idx.device
+    if n_mol == 1:  # one molecule: the upper triangle, in the same (row-major) order, in one operator
+        pairs = torch.triu_indices(n, n, 1, device=dev)
+        return pairs, torch.zeros((pairs.shape[1], 3), dtype=torch.int32, device=dev)
     counts = torch.bincount(mol_idx, minlength=n_mol)
     start = torch.cumsum(counts, 0) - counts
     max_n = int(counts.max())
@@ -207,6 +211,25 @@ def all_pairs_within(x: Tensor, mol: Tensor, cutoff: float, full_list: bool) -> 
         close = torch.triu(close, diagonal=1)
     ij = torch.nonzero(close)
     return ij[:, 0], ij[:, 1]
+
+
+def all_pairs_neighbor_matrix(x: Tensor, mol: Tensor, cutoff: float) -> Tuple[Tensor, Tensor]:
+    """:func:`padded_neighbor_matrix` of the full list of :func:`all_pairs_within` (isolated
+    system, x (N, 3) float64 Å, mol (N,) molecule index), built from the N x N neighbour mask
+    directly: (nbmat (N+1, M) int64, neighbours of each atom in ascending order, empty slots = N;
+    zero cell_shifts (N+1, M, 3) int32)."""
+    n = x.shape[0]
+    d = x.unsqueeze(1) - x.unsqueeze(0)
+    d2 = d[:, :, 0] * d[:, :, 0] + d[:, :, 1] * d[:, :, 1] + d[:, :, 2] * d[:, :, 2]
+    close = (d2 < cutoff * cutoff) & (mol.unsqueeze(1) == mol.unsqueeze(0))
+    close.fill_diagonal_(False)
+    counts = close.sum(1)
+    m = max(int(counts.max()), 1)
+    # a stable descending sort of the mask puts each row's neighbours first, in ascending order
+    order = torch.sort(close.to(torch.uint8), dim=1, descending=True, stable=True)[1][:, :m]
+    empty = torch.arange(m, device=x.device).unsqueeze(0) >= counts.unsqueeze(1)
+    nbmat = torch.cat([order.masked_fill(empty, n), torch.full((1, m), n, dtype=torch.long, device=x.device)])
+    return nbmat, torch.zeros((n + 1, m, 3), dtype=torch.int32, device=x.device)
 
 
 def cell_list_pairs(coord: Tensor, cell: Tensor, pbc: Tensor, mol_idx: Tensor, cutoff: float,
@@ -423,6 +446,15 @@ class TorchCellList(nn.Module):
 
     def forward(self, coord: Tensor, cell: Tensor, pbc: Tensor, mol_idx: Tensor, n_mol: int,
                 sr_cutoff: float, lr_cutoff: float) -> Dict[str, Tensor]:
+        n = coord.shape[0]
+        if 0 < n <= self.all_pairs_max_atoms and lr_cutoff <= 0.0 and not bool(pbc.any()):
+            # small isolated systems: the short-range matrix straight from the all-pairs mask
+            nbmat, shifts = all_pairs_neighbor_matrix(coord.detach().to(torch.float64), mol_idx.to(torch.long),
+                                                      sr_cutoff)
+            out: Dict[str, Tensor] = {"nbmat": nbmat, "cell_shifts": shifts}
+            if lr_cutoff < 0.0:
+                out["pairs_lr"], out["cell_shifts_lr"] = all_pairs_half(mol_idx, n_mol)
+            return out
         sr = self.pairs(coord, cell, pbc, mol_idx, sr_cutoff, True)
         lr: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         if lr_cutoff > 0.0:
