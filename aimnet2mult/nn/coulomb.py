@@ -52,20 +52,24 @@ def pair_sums_and_grads(charges: Tensor, v: Tensor, dv: Tensor, data: Dict[str, 
     pairs = data[pairs_key]
     q_i = nbops.take_rows(charges, pairs[0])
     q_j = nbops.take_rows(charges, pairs[1])
+    kv = v * k
+    qj_kv = q_j * kv  # dE/dq_i of each pair
+    qi_kv = q_i * kv  # dE/dq_j
     e_atom = torch.zeros(charges.shape[0], dtype=torch.float64, device=charges.device).index_add(
-        0, pairs[0], (k * q_i * q_j * v).double())
-    g_q = torch.zeros_like(charges).index_add(0, pairs[0], k * q_j * v).index_add(0, pairs[1], k * q_i * v)
-    return nbops.mol_sum(e_atom, data), g_q, k * q_i * q_j * dv
+        0, pairs[0], (q_i * qj_kv).double())
+    g_q = torch.zeros_like(charges).index_add(0, pairs[0], qj_kv).index_add(0, pairs[1], qi_kv)
+    return nbops.mol_sum(e_atom, data), g_q, q_i * q_j * (dv * k)
 
 
-def switch_on_envelope_derivative(d_ij: Tensor, rc: float) -> Tensor:
-    """dχ/dd of :func:`switch_on_envelope` (0 where the clamp holds t constant)."""
+def switch_on_envelope_and_derivative(d_ij: Tensor, rc: float) -> Tuple[Tensor, Tensor]:
+    """(χ, dχ/dd) of :func:`switch_on_envelope` from one evaluation (dχ/dd is 0 where the clamp
+    holds t constant)."""
     t = d_ij / rc
     inside = (t > 0.0) & (t < 0.999999)
     t = t.clamp(0.0, 0.999999)
     one_m = 1.0 - t * t
     chi = torch.exp(1.0 - 1.0 / one_m)
-    return torch.where(inside, -2.0 * t / (one_m * one_m) * chi / rc, torch.zeros_like(d_ij))
+    return chi, torch.where(inside, t * chi / (one_m * one_m) * (-2.0 / rc), torch.zeros_like(d_ij))
 
 
 def switch_on_envelope(d_ij: Tensor, rc: float) -> Tensor:
@@ -104,9 +108,9 @@ class SimpleCoulomb(nn.Module):
     def energy_and_grads(self, charges: Tensor, d_ij: Tensor, data: Dict[str, Tensor],
                          pairs_key: str) -> Tuple[Tensor, Tensor, Tensor]:
         """Half pair list of real pairs, no autograd: (E (n_mol,), dE/dq (A,), dE/dd (P,))."""
-        chi = switch_on_envelope(d_ij, self.rc)
+        chi, dchi = switch_on_envelope_and_derivative(d_ij, self.rc)
         v = (1.0 - chi) / d_ij
-        dv = -switch_on_envelope_derivative(d_ij, self.rc) / d_ij - v / d_ij
+        dv = (dchi + v) / (-d_ij)
         return pair_sums_and_grads(charges, v, dv, data, pairs_key, 2.0 * self.half_k)
 
 
@@ -163,9 +167,9 @@ class DSFCoulomb(nn.Module):
         v = erfc_d - erfc_rc + slope * (d - rc)
         dv = -erfc_d / d - 2.0 * a / math.sqrt(math.pi) * torch.exp(-a * a * d * d) / d + slope
         if self.subtract_sr:
-            chi = switch_on_envelope(d, self.rc)
+            chi, dchi = switch_on_envelope_and_derivative(d, self.rc)
             v = v - chi / d
-            dv = dv - switch_on_envelope_derivative(d, self.rc) / d + chi / (d * d)
+            dv = dv - (dchi - chi / d) / d
         v = torch.where(valid, v, torch.zeros_like(v))
         dv = torch.where(valid, dv, torch.zeros_like(dv))
         energy, g_q, g_d = pair_sums_and_grads(charges, v, dv, data, pairs_key, 2.0 * self.half_k)
