@@ -546,7 +546,8 @@ class Potential(nn.Module):
         if hand:
             if "vjp_distance_grad" not in out:
                 raise RuntimeError("internal: the model did not take its hand-written gradient path")
-            g_x, virial = flat_geometry_vjp(out, out["vjp_distance_grad"], out["vjp_direction_grad"], g_lr)
+            g_x, virial = flat_geometry_vjp(out, out["vjp_distance_grad"], out["vjp_direction_grad"], g_lr,
+                                            periodic)
             grads: List[Optional[Tensor]] = [g_x[:n], virial]
         else:
             grads = self._autograd_forces(energy, out, g_lr, leaves)

@@ -104,12 +104,12 @@ def pair_geometry(data: Dict[str, Tensor], fill: float) -> Dict[str, Tensor]:
 
 
 def flat_geometry_vjp(data: Dict[str, Tensor], g_d: Tensor, g_u: Tensor,
-                      g_d_lr: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+                      g_d_lr: Optional[Tensor], need_virial: bool = True) -> Tuple[Tensor, Tensor]:
     """Hand-written VJP of the flat layout's pair geometry (:func:`pair_geometry`,
     :func:`long_range_geometry`): dE/dd_ij (A, M), dE/du_ij (A, M, 3) of the short-range pairs
     and dE/dd (P,) of the long-range half list (or None) -> (dE/dx (A, 3) eV/Å, the virial
-    Σ_pairs r_ij ⊗ dE/dr_ij (3, 3) eV, which is dE/dε of a homogeneous strain x -> x (1 + ε)).
-    Masked pairs have a constant distance and no gradient."""
+    Σ_pairs r_ij ⊗ dE/dr_ij (3, 3) eV, which is dE/dε of a homogeneous strain x -> x (1 + ε);
+    zeros unless ``need_virial``). Masked pairs have a constant distance and no gradient."""
     coord = data["coord"]
     nbmat = data["nbmat"]
     mask = data["pair_mask"].unsqueeze(-1)
@@ -118,14 +118,17 @@ def flat_geometry_vjp(data: Dict[str, Tensor], g_d: Tensor, g_u: Tensor,
     # u = r/d: du/dr = (I - u uᵀ)/d; d = |r|: dd/dr = u
     g_r = g_d.unsqueeze(-1) * u + (g_u - u * (u * g_u).sum(-1, keepdim=True)) / d
     g_r = g_r.masked_fill(mask, 0.0).reshape(-1, 3)
-    r = (u * d).masked_fill(mask, 0.0).reshape(-1, 3)
     g_x = torch.zeros_like(coord).index_add(0, nbmat.reshape(-1), g_r)
     g_x = g_x - g_r.reshape(nbmat.shape[0], nbmat.shape[1], 3).sum(1)
-    virial = r.t() @ g_r
+    virial = torch.zeros(3, 3, dtype=coord.dtype, device=coord.device)
+    if need_virial:
+        r = (u * d).masked_fill(mask, 0.0).reshape(-1, 3)
+        virial = r.t() @ g_r
     if g_d_lr is not None:
         pairs = data["pairs_lr"]
         r_lr = pair_list_vectors(coord, pairs, _lr_shifts(data))
         g_r_lr = (g_d_lr / data["d_ij_lr"]).unsqueeze(-1) * r_lr
         g_x = g_x.index_add(0, pairs[1], g_r_lr).index_add(0, pairs[0], -g_r_lr)
-        virial = virial + r_lr.t() @ g_r_lr
+        if need_virial:
+            virial = virial + r_lr.t() @ g_r_lr
     return g_x, virial
