@@ -22,7 +22,7 @@ from . import __version__
 from .checkpoint import CheckpointError, build_model, checkpoint_hash, fidelity_index, load_checkpoint
 from .elements import SYMBOLS
 from .io_utils import atomic_write
-from .nn.mlp import ONEDNN_PRODUCTS
+from .nn.onednn import ONEDNN_PRODUCTS
 from .potential import Potential
 
 POTENTIAL_FORMAT = "aimnet2mult-potential"
@@ -215,7 +215,7 @@ def potential_metadata(ckpt: Dict[str, Any], k: int, disp: Optional[Dict[str, An
                           "dispersion_cutoff": None if disp is None else disp["cutoff"],
                           "dispersion_switch_width": None if disp is None else disp["switch_width"]},
         "requires_extensions": [] if neighbor_library == "torch" else [neighbor_library],
-        # dense layers by oneDNN (aimnet2mult.nn.mlp.ONEDNN_PRODUCTS): loading needs a torch
+        # dense layers by oneDNN (aimnet2mult.nn.onednn.ONEDNN_PRODUCTS): loading needs a torch
         # build with oneDNN; export with AIMNET2MULT_ONEDNN=0 for one that loads anywhere
         "onednn_products": bool(ONEDNN_PRODUCTS),
         "source": ckpt.get("source", {}),

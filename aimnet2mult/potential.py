@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from .nn import nbops
 from .nn.geometry import flat_geometry_vjp, min_real_distance
-from .nn.mlp import PackedWeights, use_packed_weights
+from .nn.onednn import PackedWeights, use_packed_weights
 from .nn.model import MultiFidelityAIMNet2
 from .nn.neighbors import TorchCellList
 
@@ -86,7 +86,7 @@ class Potential(nn.Module):
     @torch.jit.export
     def set_packed_weights(self, enabled: bool) -> None:
         """The network's dense layers with oneDNN-packed weight copies on CPU in float32 (default,
-        faster) or plain weights (see ``aimnet2mult.nn.mlp.PackedWeights``)."""
+        faster) or plain weights (see ``aimnet2mult.nn.onednn.PackedWeights``)."""
         for layer in self.model.modules():
             if isinstance(layer, PackedWeights):
                 layer.enabled = enabled

@@ -291,10 +291,10 @@ def mlp_matmuls(module, rows: int, library: str = "blas"):
     forward and its input-gradient product, with the module's own weights (reported, not a
     target). ``library``: "blas" = ``torch.addmm`` / ``torch.mm`` (MKL in the PyPI wheels), the
     products the official member and ``aimnet`` run; "onednn" = oneDNN with the weights packed
-    once (``aimnet2mult.nn.mlp.PackedWeights``), the products aimnet2mult's exported potentials
+    once (``aimnet2mult.nn.onednn.PackedWeights``), the products aimnet2mult's exported potentials
     run on CPU in float32."""
     import torch
-    from aimnet2mult.nn.mlp import ONEDNN_PRODUCTS, _onednn_linear, _onednn_pack
+    from aimnet2mult.nn.onednn import ONEDNN_PRODUCTS, _onednn_linear, _onednn_pack
 
     if library not in ("blas", "onednn"):
         raise ValueError(f"library must be 'blas' or 'onednn', got {library!r}")
@@ -326,7 +326,7 @@ def mlp_matmuls(module, rows: int, library: str = "blas"):
 
 def run(args):
     import torch
-    from aimnet2mult.nn.mlp import ONEDNN_PRODUCTS as ONEDNN
+    from aimnet2mult.nn.onednn import ONEDNN_PRODUCTS as ONEDNN
 
     load0 = machine_load()
     torch.set_num_threads(args.threads)

@@ -15,8 +15,8 @@ import torch
 import molecules
 from helpers import small_checkpoint
 from aimnet2mult.export import build_potential
-from aimnet2mult.nn.mlp import (ONEDNN_PRODUCTS, gelu, gelu_backward, make_mlp, mlp_vjp,
-                                use_packed_weights)
+from aimnet2mult.nn.mlp import gelu, gelu_backward, make_mlp, mlp_vjp
+from aimnet2mult.nn.onednn import ONEDNN_PRODUCTS, use_packed_weights
 from aimnet2mult.tools.water import water_cell
 
 D3 = {"method": "d3bj", "functional": "wb97m"}
