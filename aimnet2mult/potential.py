@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from .nn import nbops
 from .nn.geometry import flat_geometry_vjp, min_real_distance
-from .nn.onednn import PackedWeights, use_packed_weights
+from .nn.onednn import PackedWeights
 from .nn.model import MultiFidelityAIMNet2
 from .nn.neighbors import TorchCellList
 
@@ -81,7 +81,7 @@ class Potential(nn.Module):
         self.neighbor_list = neighbor_list if neighbor_list is not None else TorchCellList()
         model.manual_forces = True
         # the weights of a potential never change: its dense layers may keep oneDNN-packed copies
-        use_packed_weights(model, True)
+        self.set_packed_weights(True)
 
     @torch.jit.export
     def set_packed_weights(self, enabled: bool) -> None:
@@ -440,9 +440,7 @@ class Potential(nn.Module):
         Such calls may run under ``torch.inference_mode()``, which skips autograd's bookkeeping
         in every operator (the calculators do; 5-7 % of a call at 9-100 atoms)."""
         model = self.model
-        if not model.manual_forces or model.training or len(model.readouts) != 1:
-            return False
-        return not (model.coulomb.method == "ewald" and periodic)
+        return model.takes_manual_forces() and not (model.coulomb.method == "ewald" and periodic)
 
     def _autograd_forces(self, energy: Tensor, out: Dict[str, Tensor], g_lr: Optional[Tensor],
                          leaves: List[Tensor]) -> List[Optional[Tensor]]:

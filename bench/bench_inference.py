@@ -294,7 +294,7 @@ def mlp_matmuls(module, rows: int, library: str = "blas"):
     once (``aimnet2mult.nn.onednn.PackedWeights``), the products aimnet2mult's exported potentials
     run on CPU in float32."""
     import torch
-    from aimnet2mult.nn.onednn import ONEDNN_PRODUCTS, _onednn_linear, _onednn_pack
+    from aimnet2mult.nn.onednn import ONEDNN_PRODUCTS, onednn_linear, pack_weight
 
     if library not in ("blas", "onednn"):
         raise ValueError(f"library must be 'blas' or 'onednn', got {library!r}")
@@ -308,15 +308,15 @@ def mlp_matmuls(module, rows: int, library: str = "blas"):
             w = w.detach()
             x, g = torch.randn(rows, w.shape[1]), torch.randn(rows, w.shape[0])
             if library == "onednn":
-                layers.append((_onednn_pack(w), bias.detach(), x, g, _onednn_pack(w.t())))
+                layers.append((pack_weight(w), bias.detach(), x, g, pack_weight(w.t())))
             else:
                 layers.append((w, bias.detach(), x, g, w))
 
     def call():
         if library == "onednn":
             for w, b, x, g, wt in layers:
-                _onednn_linear(x, w, b)
-                _onednn_linear(g, wt, None)
+                onednn_linear(x, w, b)
+                onednn_linear(g, wt, None)
         else:
             for w, b, x, g, _ in layers:
                 torch.addmm(b, x, w.t())

@@ -11,7 +11,7 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
-from .onednn import PackedWeights, _onednn_linear, dense_product
+from .onednn import PackedWeights, dense_product, onednn_input, onednn_linear
 
 
 class Linear(nn.Linear):
@@ -22,12 +22,11 @@ class Linear(nn.Linear):
     def record(self, x: Tensor, kinds: List[int], saved: List[Tensor]) -> Tensor:
         """Forward of a 2-D input (X, n_in), recording for the VJP the weight (out, in) (kind 0)
         or, with packed weights, the packed transpose (kind 2)."""
-        if (self.packed_weights.enabled and x.dtype == torch.float32
-                and x.device.type == "cpu" and self.weight.dtype == torch.float32 and x.dim() == 2):
+        if self.packed_weights.enabled and onednn_input(x) and self.weight.dtype == torch.float32:
             packed = self.packed_weights(self.weight)
             kinds.append(2)
             saved.append(packed[1])
-            return _onednn_linear(x.contiguous(), packed[0], self.bias)
+            return onednn_linear(x.contiguous(), packed[0], self.bias)
         kinds.append(0)
         saved.append(self.weight)
         return dense_product(x, self.weight, self.bias)
@@ -90,7 +89,7 @@ def mlp_vjp(grad: Tensor, kinds: List[int], saved: List[Tensor], start: int, sto
             # the whole product, then the columns wanted: a column slice of the weight is a strided
             # matrix that oneDNN runs ~100x slower than the plain one
             if kinds[k] == 2:
-                g = _onednn_linear(g.contiguous(), saved[k], None)
+                g = onednn_linear(g.contiguous(), saved[k], None)
             else:
                 g = dense_product(g, saved[k].t(), None)
             if k == start and first_input > 0:

@@ -122,8 +122,7 @@ class MultiFidelityAIMNet2(nn.Module):
         dense = nbops.is_dense(data)
         if not dense and "pairs_lr" in data:
             data = long_range_geometry(data)
-        if (self.manual_forces and not dense and not self.training and len(self.readouts) == 1
-                and (data["coord"].requires_grad or "forces_by_hand" in data)):
+        if not dense and self.takes_manual_forces() and (data["coord"].requires_grad or "forces_by_hand" in data):
             return self._forward_manual_vjp(data, shifted, real)
         aim, q = self.backbone(shifted, self._charge_channels(data, dtype), data)
 
@@ -157,6 +156,11 @@ class MultiFidelityAIMNet2(nn.Module):
         if self.num_charge_channels == 2:
             data["spin_charges"] = q[..., 0] - q[..., 1]
         return data
+
+    def takes_manual_forces(self) -> bool:
+        """Whether flat-layout forces come from the hand-written VJP (:meth:`_forward_manual_vjp`):
+        manual forces on, eval mode, a single readout."""
+        return self.manual_forces and not self.training and len(self.readouts) == 1
 
     def _forward_manual_vjp(self, data: Dict[str, Tensor], shifted: Tensor, real: Tensor) -> Dict[str, Tensor]:
         """Flat-layout forward for force evaluation (single readout, eval mode).

@@ -19,28 +19,33 @@ ONEDNN_PRODUCTS: bool = (torch.backends.mkldnn.is_available()
                          and os.environ.get("AIMNET2MULT_ONEDNN", "1").strip() != "0")
 
 if ONEDNN_PRODUCTS:
-    def _onednn_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    def onednn_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """x (X, n_in) @ weight (n_out, n_in)ᵀ + bias by oneDNN. weight: a plain tensor (also its
-        transpose view) or one packed by :func:`_onednn_pack`."""
+        transpose view) or one packed by :func:`pack_weight`."""
         if torch.jit.is_scripting():
             # the op's 'Scalar?[]' argument is TorchScript's List[Optional[number]]
             return torch.ops.mkldnn._linear_pointwise(
                 x, weight, bias, "none", torch.jit.annotate(List[Optional[number]], []), "")  # noqa: F821
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
-    def _onednn_pack(weight: Tensor) -> Tensor:
+    def pack_weight(weight: Tensor) -> Tensor:
         """weight (n_out, n_in) float32 CPU in oneDNN's blocked layout (an opaque mkldnn tensor)."""
         # 64: the row count the layout is chosen for; any row count works with it, and 64 measured
         # as fast as the exact count at 10-100 rows
         return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 64)
 else:
-    def _onednn_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    def onednn_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """Without oneDNN: the BLAS product."""
         return torch.nn.functional.linear(x, weight, bias)
 
-    def _onednn_pack(weight: Tensor) -> Tensor:
+    def pack_weight(weight: Tensor) -> Tensor:
         """Without oneDNN: the weight as it is."""
         return weight.detach().contiguous()
+
+
+def onednn_input(x: Tensor) -> bool:
+    """Whether x is an input the oneDNN products take: a 2-D float32 CPU tensor."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2
 
 
 def dense_product(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -48,8 +53,8 @@ def dense_product(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     on CPU when available, else ``F.linear``. For the hand-written forward / VJP (no_grad).
     weight may be the transpose view of a contiguous matrix, not a column slice of one (oneDNN
     runs such strided matrices ~100x slower)."""
-    if x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2:
-        return _onednn_linear(x.contiguous(), weight, bias)
+    if onednn_input(x):
+        return onednn_linear(x.contiguous(), weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
 
@@ -58,11 +63,11 @@ class PackedWeights(nn.Module):
     layout, for the recorded forward (x Wᵀ) and the VJP (g W) of exported potentials on CPU in
     float32.
 
-    Off unless :func:`use_packed_weights` turns it on (exported potentials: their weights never
-    change). The packed copies are made on the first call and are never serialized: saving keeps
-    only the on/off flag (``__getstate__``), loading starts with an empty cache, so a potential can
-    be saved, copied or handed to OpenMM after it has been used. Changing the weights of a module
-    in which it is on requires ``clear()``.
+    Off unless turned on (``Potential.set_packed_weights``, :func:`use_packed_weights`; potentials
+    have it on: their weights never change). The packed copies are made on the first call and are
+    never serialized: saving keeps only the on/off flag (``__getstate__``), loading starts with an
+    empty cache, so a potential can be saved, copied or handed to OpenMM after it has been used.
+    Changing the weights of a module in which it is on requires ``clear()``.
     """
 
     enabled: bool
@@ -76,7 +81,7 @@ class PackedWeights(nn.Module):
     def forward(self, weight: Tensor) -> List[Tensor]:
         """[packed W, packed Wᵀ] of weight (out, in), packing on the first call."""
         if len(self.packed) == 0:
-            self.packed = [_onednn_pack(weight), _onednn_pack(weight.t())]
+            self.packed = [pack_weight(weight), pack_weight(weight.t())]
         return self.packed
 
     @torch.jit.export
@@ -102,4 +107,4 @@ def use_packed_weights(module: nn.Module, enabled: bool = True) -> None:
     for sub in module.modules():
         if isinstance(sub, PackedWeights):
             sub.enabled = bool(enabled)
-            sub.packed = []
+            sub.clear()
