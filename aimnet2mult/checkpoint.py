@@ -12,7 +12,10 @@ A checkpoint is one ``torch.save`` file holding a plain dict (loadable with
     fidelities        one entry per fidelity, in index order:
                         index, name, sae {Z: eV}, elements [Z...],
                         labels_include_dispersion (bool), dispersion (None or D3BJ parameters
-                        to add at export: {method, functional, s6, s8, a1, a2, s9, alp})
+                        to add at export: {method, functional, s6, s8, a1, a2, s9, alp}),
+                        trained_outputs (the outputs trained for that fidelity: energy and
+                        forces always, charges / spin_charges only with such labels; absent in
+                        checkpoints written before it was recorded, see trained_outputs())
     train_config      the final training configuration (optional)
     training_state    optimizer/scheduler/epoch/iteration/RNG states for resuming (optional)
     source            free-form provenance (optional)
@@ -40,15 +43,39 @@ class CheckpointError(ValueError):
     """A file is not a valid aimnet2mult checkpoint, or disagrees with what was asked of it."""
 
 
+#: outputs every fidelity is trained for (forces are the derivative of the trained energy)
+ALWAYS_TRAINED = ("energy", "forces")
+#: outputs trained only where the fidelity's data has the label of the same name
+LABELLED_OUTPUTS = ("charges", "spin_charges")
+
+
 def fidelity_entry(index: int, name: Optional[str] = None, sae: Optional[Dict[int, float]] = None,
                    elements: Optional[List[int]] = None, labels_include_dispersion: bool = False,
-                   dispersion: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """One row of the fidelity table. ``elements`` defaults to the SAE's elements."""
+                   dispersion: Optional[Dict[str, Any]] = None,
+                   trained_outputs: Optional[List[str]] = None) -> Dict[str, Any]:
+    """One row of the fidelity table. ``elements`` defaults to the SAE's elements;
+    ``trained_outputs`` defaults to energy and forces only."""
     sae = {int(z): float(v) for z, v in (sae or {}).items()}
     elements = sorted(int(z) for z in (elements if elements is not None else sae))
+    outputs = list(ALWAYS_TRAINED) + sorted(set(trained_outputs or ()) - set(ALWAYS_TRAINED))
+    unknown = sorted(set(outputs) - set(ALWAYS_TRAINED) - set(LABELLED_OUTPUTS))
+    if unknown:
+        raise CheckpointError(f"fidelity {index}: unknown trained output(s) {unknown}; known: "
+                              f"{', '.join(ALWAYS_TRAINED + LABELLED_OUTPUTS)}")
     return {"index": int(index), "name": name or f"fidelity{index}", "sae": sae, "elements": elements,
             "labels_include_dispersion": bool(labels_include_dispersion),
-            "dispersion": copy.deepcopy(dispersion)}
+            "dispersion": copy.deepcopy(dispersion), "trained_outputs": outputs}
+
+
+def trained_outputs(entry: Dict[str, Any]) -> List[str]:
+    """The outputs fidelity ``entry`` was trained for. Entries written before this was recorded
+    count as energy and forces only: nothing says their charges were trained."""
+    return list(entry.get("trained_outputs") or ALWAYS_TRAINED)
+
+
+def fidelities_with(ckpt: Dict[str, Any], output: str) -> List[str]:
+    """'K (name)' of each fidelity of ``ckpt`` trained for ``output``."""
+    return [f"{e['index']} ('{e['name']}')" for e in ckpt.get("fidelities", []) if output in trained_outputs(e)]
 
 
 def make_checkpoint(model: torch.nn.Module, model_config: Dict[str, Any], fidelities: List[Dict[str, Any]],

@@ -11,6 +11,7 @@
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -71,6 +72,13 @@ def _cmd_evaluate(args) -> int:
     return run(args)
 
 
+def _cmd_datagen(args) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from .datagen.cli import main as datagen_main
+
+    return datagen_main(args.datagen_args)
+
+
 def _cmd_md(args) -> int:
     from .md import run
 
@@ -112,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_md_arguments(p)
     p.set_defaults(func=_cmd_md)
+    p = sub.add_parser("datagen", help="QM label generation (run|status|check|assemble|qm9; see "
+                                       "python -m aimnet2mult.datagen -h)", add_help=False)
+    p.add_argument("datagen_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_datagen)
     p = sub.add_parser("info", help="describe a checkpoint or a compiled potential")
     p.add_argument("file")
     p.set_defaults(func=_cmd_info)

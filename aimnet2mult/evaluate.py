@@ -92,7 +92,8 @@ def evaluate_file(path: Union[str, Path], module, meta: Dict[str, Any], subtract
             out = module(inp)
             energy = out["energy"].detach().to(torch.float64).cpu().numpy()
             forces = out["forces"].detach().to(torch.float64).cpu().numpy()
-            charges = out["charges"].detach().to(torch.float64).cpu().numpy()
+            # charges only where this fidelity was trained on them (else the output is absent)
+            charges = out["charges"].detach().to(torch.float64).cpu().numpy() if "charges" in out else None
             for b, s in enumerate(items):
                 e, f = float(energy[b]), forces[b]
                 if subtract_d3 is not None:
@@ -104,7 +105,7 @@ def evaluate_file(path: Union[str, Path], module, meta: Dict[str, Any], subtract
                 if "forces" in s:
                     df.append((f - s["forces"]).reshape(-1))
                     n_f += 1
-                if "charges" in s:
+                if "charges" in s and charges is not None:
                     dq.append((charges[b] - s["charges"]).reshape(-1))
                     n_q += 1
     ds.close()

@@ -19,7 +19,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 
 from . import __version__
-from .checkpoint import CheckpointError, build_model, checkpoint_hash, fidelity_index, load_checkpoint
+from .checkpoint import (LABELLED_OUTPUTS, CheckpointError, build_model, checkpoint_hash, fidelity_index,
+                         load_checkpoint, trained_outputs)
 from .elements import SYMBOLS
 from .io_utils import atomic_write
 from .nn.onednn import ONEDNN_PRODUCTS
@@ -150,7 +151,7 @@ def build_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int,
     disp = resolve_dispersion(dispersion, entry.get("dispersion"))
     modules = [] if disp is None else [D3BJ.from_params(disp)]
     pot = Potential(model, sae, supported, modules, k, entry["name"], SYMBOLS[:off] + [""] * max(0, off - len(SYMBOLS)),
-                    neighbor_list=nblist)
+                    neighbor_list=nblist, trained_outputs=trained_outputs(entry))
     pot.eval()
     # forces need gradients w.r.t. coordinates only: weights that require grad would make every
     # force call also compute the weight gradients (about 10-20 % of the time of a call)
@@ -204,8 +205,11 @@ def potential_metadata(ckpt: Dict[str, Any], k: int, disp: Optional[Dict[str, An
                      "nbmat, cell_shifts, pairs_lr, cell_shifts_lr": "optional cached neighbour lists "
                      "(neighbor_lists() / aimnet2mult.nn.neighbors.VerletNeighborList)"},
         },
-        "outputs": ["energy", "forces", "charges", "dispersion_energy"]
-        + (["spin_charges"] if int(cfg["num_charge_channels"]) == 2 else [])
+        # untrained charges / spin charges stay internal (the Coulomb term uses them) and are not returned
+        "trained_outputs": trained_outputs(entry),
+        "outputs": ["energy", "forces"] + [o for o in LABELLED_OUTPUTS if o in trained_outputs(entry)
+                                           and (o != "spin_charges" or int(cfg["num_charge_channels"]) == 2)]
+        + ["dispersion_energy"]
         + ["stress (flat periodic input only, (3, 3) eV/Å^3, (1/V) dE/d(strain))"],
         "neighbor_list": {"library": neighbor_library,
                           "implementation": ("aimnet2mult.nn.neighbors.TorchCellList (pure TorchScript cell list)"

@@ -85,5 +85,7 @@ def official_member_checkpoint(path: Union[str, Path], member: int = 0,
     elements = [z for z in range(1, n_rows) if float(shifts[z]) != 0.0]
     label = fidelity_name or (f"{disp['functional']}-d3" if disp["functional"] else "official")
     entry = fidelity_entry(0, label, sae={z: 0.0 for z in elements}, elements=elements,
-                           labels_include_dispersion=True, dispersion=disp)
+                           labels_include_dispersion=True, dispersion=disp,
+                           # the official models are trained on charges (and spin charges when open shell)
+                           trained_outputs=["charges"] + (["spin_charges"] if cfg["num_charge_channels"] == 2 else []))
     return make_checkpoint(model, cfg, [entry], source={"imported_from": path.name, "member": member})

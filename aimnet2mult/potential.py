@@ -58,13 +58,17 @@ class Potential(nn.Module):
     symbols: List[str]
     min_distance: float
     max_images: int
+    report_charges: bool
+    report_spin_charges: bool
 
     def __init__(self, model: MultiFidelityAIMNet2, sae: Tensor, supported: Tensor,
                  dispersion: List[nn.Module], fidelity: int, fidelity_name: str, symbols: List[str],
-                 neighbor_list: Optional[nn.Module] = None):
+                 neighbor_list: Optional[nn.Module] = None, trained_outputs: Optional[List[str]] = None):
         """model: single-fidelity network; sae: (offset,) float64 eV per element; supported:
         (offset,) bool; dispersion: [] or [D3BJ]; neighbor_list: the flat-layout neighbour-list
-        builder (default ``TorchCellList``; see ``aimnet2mult.nn.neighbors.make_neighbor_list``)."""
+        builder (default ``TorchCellList``; see ``aimnet2mult.nn.neighbors.make_neighbor_list``);
+        trained_outputs: the outputs trained for this fidelity (default all): charges and spin
+        charges not in it are used inside (Coulomb) but not returned."""
         super().__init__()
         if model.num_fidelities != 1:
             raise ValueError("Potential wraps a single-fidelity network (see aimnet2mult.export)")
@@ -75,6 +79,8 @@ class Potential(nn.Module):
         self.fidelity = int(fidelity)
         self.fidelity_name = fidelity_name
         self.open_shell = model.num_charge_channels == 2
+        self.report_charges = trained_outputs is None or "charges" in trained_outputs
+        self.report_spin_charges = self.open_shell and (trained_outputs is None or "spin_charges" in trained_outputs)
         self.symbols = list(symbols)
         self.min_distance = MIN_DISTANCE
         self.max_images = MAX_IMAGES
@@ -417,10 +423,11 @@ class Potential(nn.Module):
         result: Dict[str, Tensor] = {
             "energy": energy.detach(),
             "forces": -forces.detach(),
-            "charges": out["charges"].detach(),
             "dispersion_energy": e_disp.detach(),
         }
-        if self.open_shell:
+        if self.report_charges:
+            result["charges"] = out["charges"].detach()
+        if self.report_spin_charges:
             result["spin_charges"] = out["spin_charges"].detach()
         return result
 
@@ -559,10 +566,11 @@ class Potential(nn.Module):
         result: Dict[str, Tensor] = {
             "energy": energy.detach(),
             "forces": -forces.detach(),
-            "charges": out["charges"][:n].detach(),
             "dispersion_energy": e_disp.detach(),
         }
-        if self.open_shell:
+        if self.report_charges:
+            result["charges"] = out["charges"][:n].detach()
+        if self.report_spin_charges:
             result["spin_charges"] = out["spin_charges"][:n].detach()
         if periodic and volume > 1e-9:
             g = grads[1]

@@ -20,13 +20,17 @@ def small_model(num_fidelities=2, seed=0, **overrides):
     return model, cfg
 
 
-def small_checkpoint(num_fidelities=2, seed=0, dispersion=None, **overrides):
+def small_checkpoint(num_fidelities=2, seed=0, dispersion=None, charges_trained=True, **overrides):
+    """``charges_trained``: True (every fidelity), False (none) or a list of fidelities whose
+    charges (and spin charges, for open-shell models) count as trained."""
     model, cfg = small_model(num_fidelities, seed, **overrides)
     fids = []
     for k in range(num_fidelities):
         sae = {z: -10.0 * z - 3.0 * k + 0.123 * z * z for z in ELEMENTS}
         disp = dispersion[k] if isinstance(dispersion, list) else dispersion
-        fids.append(fidelity_entry(k, f"level{k}", sae=sae, dispersion=disp))
+        trained = charges_trained is True or (isinstance(charges_trained, (list, tuple)) and k in charges_trained)
+        outputs = (["charges"] + (["spin_charges"] if cfg["num_charge_channels"] == 2 else [])) if trained else []
+        fids.append(fidelity_entry(k, f"level{k}", sae=sae, dispersion=disp, trained_outputs=outputs))
     return make_checkpoint(model, cfg, fids), model
 
 

@@ -12,6 +12,9 @@ Units are ASE's: Å, eV, e. Results per calculation:
   origin does not matter; for an ion it does, and the centre of mass is used); only for
   non-periodic systems (a dipole of a periodic cell is not defined by the charges alone);
 * ``magmoms`` (N,) = predicted spin charges and ``magmom`` = their sum, for open-shell models;
+* charges, dipole and magnetic moments only for a fidelity trained on such labels (the
+  checkpoint's ``trained_outputs``): for any other, asking for them raises
+  ``PropertyNotImplementedError`` saying why and which fidelities have them;
 * ``stress`` (6,) Voigt, eV/Å³, = (1/V) ∂E/∂ε from the potential, for periodic systems only;
 * ensembles (a list of models): means, plus ``energy_std`` and ``forces_std`` (unbiased, ddof=1).
 
@@ -119,29 +122,38 @@ class AIMNet2Mult(Calculator):
                             pbc=atoms.pbc if periodic else None, dense_max_atoms=self.dense_max_atoms,
                             coulomb=self.parameters.get("coulomb", "auto")))
         if "magmoms" in properties or "magmom" in properties:
-            if "spin_charges" not in runs[0]:
+            pot = self.sources[0].potential(settings["fidelity"])
+            if not pot.open_shell:
                 raise PropertyNotImplementedError("magnetic moments need an open-shell model (spin charges); "
                                                   "this potential is closed-shell")
+            if pot.untrained("spin_charges"):
+                raise PropertyNotImplementedError(pot.untrained("spin_charges"))
+        if "charges" in properties or "dipole" in properties:
+            pot = self.sources[0].potential(settings["fidelity"])
+            if pot.untrained("charges"):
+                raise PropertyNotImplementedError(pot.untrained("charges"))
         self.results = self._combine(runs, atoms, periodic)
 
     @staticmethod
     def _combine(runs: List[Dict[str, np.ndarray]], atoms, periodic: bool) -> Dict[str, Any]:
         energies = np.array([r["energy"] for r in runs], dtype=np.float64)
         forces = np.stack([r["forces"] for r in runs])
-        charges = np.mean([r["charges"] for r in runs], axis=0)
         results: Dict[str, Any] = {
             "energy": float(energies.mean()),
             "free_energy": float(energies.mean()),
             "forces": forces.mean(0),
-            "charges": charges,
         }
+        has_charges = all("charges" in r for r in runs)
+        if has_charges:
+            charges = np.mean([r["charges"] for r in runs], axis=0)
+            results["charges"] = charges
         if len(runs) > 1:
             results["energy_std"] = float(energies.std(ddof=1))
             results["forces_std"] = forces.std(0, ddof=1)
-        if not periodic:
+        if not periodic and has_charges:
             origin = atoms.get_center_of_mass()
             results["dipole"] = (charges[:, None] * (atoms.positions - origin)).sum(0)
-        if "spin_charges" in runs[0]:
+        if all("spin_charges" in r for r in runs):
             magmoms = np.mean([r["spin_charges"] for r in runs], axis=0)
             results["magmoms"] = magmoms
             results["magmom"] = float(magmoms.sum())

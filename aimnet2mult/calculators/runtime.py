@@ -167,7 +167,39 @@ class LoadedPotential:
         self.cutoff = float(metadata["cutoff"]) if "cutoff" in metadata else float(module.model.cutoff)
         self.elements = self._elements(module, metadata)
         self.coulomb_method, self._coulomb_params = self._coulomb_state(module, metadata)
+        self.trained_outputs = self._trained_outputs(module, metadata)
+        #: where else the output can be had (set by ModelSource for checkpoints), for messages
+        self.trained_elsewhere: Dict[str, List[str]] = {}
         self._lock = threading.RLock()
+
+    @staticmethod
+    def _trained_outputs(module, metadata) -> List[str]:
+        """Outputs trained for this fidelity. Files that do not record it report energy and forces
+        only (nothing says their charges were trained); a bare module says by its flags."""
+        if "trained_outputs" in metadata:
+            return [str(o) for o in metadata["trained_outputs"]]
+        if not metadata and hasattr(module, "report_charges"):
+            return ["energy", "forces"] + (["charges"] if bool(module.report_charges) else []) + \
+                (["spin_charges"] if bool(getattr(module, "report_spin_charges", False)) else [])
+        return ["energy", "forces"]
+
+    def untrained(self, output: str) -> Optional[str]:
+        """None when ``output`` ('charges', 'spin_charges') was trained for this fidelity, else the
+        reason it is not reported."""
+        if output in self.trained_outputs:
+            return None
+        what = {"charges": "partial charges (and the dipole from them)",
+                "spin_charges": "spin charges (magnetic moments)"}.get(output, output)
+        label = {"charges": "charge", "spin_charges": "spin-charge"}.get(output, output)
+        if "trained_outputs" not in self.metadata and self.metadata:
+            why = (f"{self.source} does not record which outputs were trained (written by an older "
+                   "aimnet2mult); re-export it from a checkpoint trained with this version")
+        else:
+            why = (f"fidelity {self.fidelity} ('{self.fidelity_name}') was trained without {label} labels: its "
+                   f"{what} are internal variables of the energy model (its Coulomb term), not predictions")
+        elsewhere = self.trained_elsewhere.get(output)
+        hint = (f"; fidelities trained for them: {', '.join(elsewhere)}" if elsewhere else "")
+        return f"{what} not available: {why}{hint}"
 
     @staticmethod
     def _coulomb_state(module, metadata) -> Tuple[Optional[str], Dict[str, float]]:
@@ -256,8 +288,9 @@ class LoadedPotential:
         """Evaluate one system. positions (N,3) Å, numbers (N,), cell (3,3) Å (rows) with pbc (3,);
         ``coulomb`` as in the module docstring (default automatic).
 
-        Returns numpy arrays: energy (float64 scalar, eV), forces (N,3) eV/Å, charges (N,),
-        spin_charges (N,) for open-shell models, stress (3,3) eV/Å³ for periodic systems.
+        Returns numpy arrays: energy (float64 scalar, eV), forces (N,3) eV/Å, charges (N,) where
+        this fidelity was trained on charges, spin_charges (N,) where trained on them (open-shell
+        models), stress (3,3) eV/Å³ for periodic systems.
         """
         import torch
 
@@ -293,9 +326,10 @@ class LoadedPotential:
         res = {
             "energy": np.float64(out["energy"].detach().to(torch.float64).sum().cpu().item()),
             "forces": out["forces"].detach().to(torch.float64).reshape(n, 3).cpu().numpy(),
-            "charges": out["charges"].detach().to(torch.float64).reshape(n).cpu().numpy(),
         }
-        if "spin_charges" in out:
+        if "charges" in out and self.untrained("charges") is None:
+            res["charges"] = out["charges"].detach().to(torch.float64).reshape(n).cpu().numpy()
+        if "spin_charges" in out and self.untrained("spin_charges") is None:
             res["spin_charges"] = out["spin_charges"].detach().to(torch.float64).reshape(n).cpu().numpy()
         if "stress" in out:
             res["stress"] = out["stress"].detach().to(torch.float64).reshape(3, 3).cpu().numpy()
@@ -416,6 +450,9 @@ class ModelSource:
             meta = dict(module.metadata)
             module = module.to(self.device)
             pot = LoadedPotential(module, meta, self.device, str(self.path) if self.path else "<checkpoint dict>")
+            from ..checkpoint import fidelities_with
+
+            pot.trained_elsewhere = {o: fidelities_with(self._ckpt, o) for o in ("charges", "spin_charges")}
             if key is not None:
                 _CACHE[key] = pot
             return pot

@@ -105,7 +105,8 @@ def _loader_kwargs(cfg: Mapping, which: str) -> Dict[str, Any]:
 
 
 def build_loaders(data_cfg: Mapping[str, Any], seed: int, fidelity_offset: int, num_replicas: int = 1,
-                  rank: int = 0) -> Tuple[DataLoader, Optional[DataLoader], Dict[str, Any]]:
+                  rank: int = 0, paused_until_epoch: Optional[Mapping[int, int]] = None
+                  ) -> Tuple[DataLoader, Optional[DataLoader], Dict[str, Any]]:
     """(train_loader, val_loader or None, info); see the module docstring.
 
     ``info``: ``sae`` {f: {Z: eV}}, ``sae_sources`` {f: path or "fitted"}, ``elements`` {f: [Z]},
@@ -199,6 +200,7 @@ def build_loaders(data_cfg: Mapping[str, Any], seed: int, fidelity_offset: int, 
 
     train_sampler = MixedFidelityBatchSampler(train_mixed.fidelity_of, train_mixed.n_atoms, weights=weights,
                                               seed=seed, num_replicas=num_replicas, rank=rank,
+                                              paused_until_epoch=paused_until_epoch,
                                               **{"shuffle": True, **train_skw})
     info["weights"] = dict(train_sampler.weights)
     train_loader = DataLoader(train_mixed, batch_sampler=train_sampler, collate_fn=collate, **train_lkw)

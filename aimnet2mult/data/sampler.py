@@ -14,6 +14,10 @@ sizes. Batches mix fidelities and molecule sizes.
   seed, so every epoch has the same length). A positive value is the number of batches of an epoch
   over all replicas.
 
+``paused_until_epoch`` ({fidelity: E}): that fidelity is not drawn in epochs 1..E (the other
+fidelities' weights are renormalised); epochs count from 1 as :class:`~aimnet2mult.train.engine.EpochData`
+sets them. Used for low-fidelity pretraining (:mod:`aimnet2mult.train.fidelity_init`).
+
 Determinism: the batches of an epoch depend only on ``(seed, epoch)``. :meth:`set_epoch` selects
 the epoch; an iteration without a preceding ``set_epoch`` uses the epoch after the previous
 iteration's (so consecutive epochs differ even if ``set_epoch`` is never called). The epoch is read
@@ -111,7 +115,7 @@ class MixedFidelityBatchSampler(Sampler):
 
     def __init__(self, fidelity_of, n_atoms, weights: Optional[Mapping[int, float]] = None, batch_size: int = 32,
                  batch_mode: str = "molecules", batches_per_epoch: int = -1, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, paused_until_epoch: Optional[Mapping[int, int]] = None):
         super().__init__()
         self.fidelity_of = np.asarray(fidelity_of, dtype=np.int64).reshape(-1)
         self.n_atoms = np.asarray(n_atoms, dtype=np.int64).reshape(-1)
@@ -141,6 +145,12 @@ class MixedFidelityBatchSampler(Sampler):
         w = _as_weights(weights, self.fidelities, check_known=self.shuffle)
         self.weights = {f: float(x) for f, x in zip(self.fidelities, w)}
         self.probs = w / w.sum() if len(w) else w
+        self.paused_until_epoch = {int(f): int(e) for f, e in (paused_until_epoch or {}).items()}
+        unknown = sorted(set(self.paused_until_epoch) - set(self.fidelities))
+        if unknown:
+            raise ValueError(f"paused_until_epoch names fidelities {unknown} without data (have {self.fidelities})")
+        if self.shuffle and self.paused_until_epoch and set(self.paused_until_epoch) >= set(self.fidelities):
+            raise ConfigError("every fidelity is paused at the start: at least one must be drawn")
         if self.shuffle and len(self.fidelity_of) == 0:
             raise ValueError("cannot sample training batches from an empty dataset")
         self._cache_key = None
@@ -152,8 +162,16 @@ class MixedFidelityBatchSampler(Sampler):
         """Select the epoch of the next iteration (batches depend only on seed and epoch)."""
         self.epoch = int(epoch)
 
+    def epoch_probs(self, epoch: int) -> np.ndarray:
+        """Fidelity draw probabilities of ``epoch``: fidelities paused until epoch >= ``epoch`` get 0."""
+        w = self.probs.copy()
+        for k, f in enumerate(self.fidelities):
+            if epoch <= self.paused_until_epoch.get(f, -1):
+                w[k] = 0.0
+        return w / w.sum()
+
     def _streams(self, epoch: int) -> _Streams:
-        return _Streams(np.random.default_rng([self.seed, epoch]), self.pools, self.probs)
+        return _Streams(np.random.default_rng([self.seed, epoch]), self.pools, self.epoch_probs(epoch))
 
     def _batches_from(self, streams: _Streams, n_batches: Optional[int] = None,
                       n_molecules: Optional[int] = None) -> List[np.ndarray]:

@@ -26,14 +26,14 @@ from aimnet2mult.units import BOHR_IN_ANGSTROM, HARTREE_IN_EV
 SPLIT_ORDER = ("train", "val", "test", "test_unseen")
 
 
-class _Bucket:
+class Bucket:
     """Conformers of one (level, split), collected per atom count."""
 
     def __init__(self):
         self.groups: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         self.molecules: dict[str, int] = defaultdict(int)
 
-    def add(self, name, numbers, coord, charge, mult, energy, forces=None, charges=None):
+    def add(self, name, numbers, coord, charge, mult, energy, forces=None, charges=None, qm9_index=None):
         g = self.groups[len(numbers)]
         g["coord"].append(np.asarray(coord, dtype=np.float32))
         g["numbers"].append(np.asarray(numbers, dtype=np.int32))
@@ -44,6 +44,8 @@ class _Bucket:
             g["forces"].append(np.asarray(forces, dtype=np.float32))
         if charges is not None:
             g["charges"].append(np.asarray(charges, dtype=np.float32))
+        if qm9_index is not None:
+            g["qm9_index"].append(np.int64(qm9_index))
         self.molecules[name] += 1
 
     @property
@@ -52,11 +54,11 @@ class _Bucket:
 
 
 DTYPES = {"coord": np.float32, "numbers": np.int32, "charge": np.float32, "mult": np.float32,
-          "energy": np.float64, "forces": np.float32, "charges": np.float32}
-KEY_ORDER = ("coord", "numbers", "charge", "mult", "energy", "forces", "charges")
+          "energy": np.float64, "forces": np.float32, "charges": np.float32, "qm9_index": np.int64}
+KEY_ORDER = ("coord", "numbers", "charge", "mult", "energy", "forces", "charges", "qm9_index")
 
 
-def _write_h5(path: Path, bucket: _Bucket) -> dict:
+def write_h5(path: Path, bucket: Bucket) -> dict:
     import h5py
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +103,7 @@ def assemble(workdir, outdir, allow_partial: bool = False) -> dict:
         raise RuntimeError("a `run` is still active on this workdir")
 
     dlev, dpre = dft_level_name(cfg), dft_prefix(cfg)
-    buckets: dict[tuple[str, str], _Bucket] = defaultdict(_Bucket)
+    buckets: dict[tuple[str, str], Bucket] = defaultdict(Bucket)
     mols = plan["molecules"]
     n_xtb_dropped = 0
     for m in mols:
@@ -154,7 +156,7 @@ def assemble(workdir, outdir, allow_partial: bool = False) -> dict:
             if b is None or b.n == 0:
                 continue
             fname = f"{pre}_{split}.h5"
-            info = _write_h5(out / fname, b)
+            info = write_h5(out / fname, b)
             files[fname] = {"level": level_of[pre], "split": split, "n_conformers": b.n,
                             "n_molecules": len(b.molecules), **info}
             split_molecules[f"{pre}_{split}"] = sorted(b.molecules)

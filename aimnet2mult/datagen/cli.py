@@ -24,6 +24,14 @@ def _list_str(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+def _list_int(s: str) -> list[int]:
+    return [int(x) for x in _list_str(s)]
+
+
+def _list_int(s: str) -> list[int]:
+    return [int(x) for x in _list_str(s)]
+
+
 def _list_float(s: str) -> list[float]:
     return [float(x) for x in _list_str(s)]
 
@@ -69,7 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--allow-partial", action="store_true",
                    help="assemble whatever is finished (e.g. while DFT is still running)")
+    _add_qm9(sub)
     return ap
+
+
+def _add_qm9(sub) -> None:
+    from .qm9 import DEFAULTS as QM9
+
+    p = sub.add_parser("qm9", help="QM9 B3LYP energies + GFN2-xTB labels at the same geometries "
+                                   "(resumable; needs qm9pack and tblite)")
+    p.add_argument("--workdir", required=True, help="cache of parsed molecules and xTB labels")
+    p.add_argument("--output", required=True, help="folder for the HDF5 files and manifest.json")
+    p.add_argument("--seed", type=int, default=None, help=f"split seed [{QM9['seed']}]")
+    p.add_argument("--n-test", type=int, default=None, help=f"held-out test molecules [{QM9['n_test']}]")
+    p.add_argument("--n-val", type=int, default=None, help=f"validation molecules [{QM9['n_val']}]")
+    p.add_argument("--high", type=_list_int, default=None,
+                   help=f"sizes of the B3LYP training sets [{','.join(map(str, QM9['high']))}]")
+    p.add_argument("--low", type=_list_int, default=None,
+                   help=f"sizes of the GFN2-xTB training sets [{','.join(map(str, QM9['low']))}]")
+    p.add_argument("--csv", type=_list_str, default=None,
+                   help="comma-separated QM9 CSV files in qm9pack's format (default: qm9pack's own)")
+    p.add_argument("--workers", type=int, default=1, help="xTB worker processes (one thread each) [1]")
+    p.add_argument("--quiet", action="store_true", help="log to WORKDIR/run.log only")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +138,10 @@ def _dispatch(args, argv) -> int:
             print(f"{lev}: max |F - F_fd| = {r['max_abs_dev_eV_per_A']:.2e} eV/A "
                   f"(tol {r['tolerance_eV_per_A']:.0e}) {'PASS' if r['passed'] else 'FAIL'}")
         return 0 if ok else 1
+    if args.cmd == "qm9":
+        from .qm9 import main_args
+
+        return main_args(args)
     if args.cmd == "assemble":
         from .assemble import assemble
         from .store import setup_logging

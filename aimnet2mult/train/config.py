@@ -91,7 +91,7 @@ def _check_unknown(cfg: Dict[str, Any], ref: Dict[str, Any], prefix: str) -> Non
             "data.labels_include_dispersion", "data.dispersion", "fidelity_names", "optimizer.kwargs",
             "optimizer.param_groups", "scheduler.kwargs", "wandb.init", "loss.kwargs.components",
             "data.samplers.train.kwargs", "data.samplers.val.kwargs", "data.loaders.train", "data.loaders.val",
-            "scheduler"}
+            "scheduler", "fidelity_schedule.init_from"}
     for key, value in cfg.items():
         path = f"{prefix}{key}"
         if path in free:

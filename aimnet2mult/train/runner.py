@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .. import __version__
-from ..checkpoint import CheckpointError, fidelity_entry, load_checkpoint, make_checkpoint, save_checkpoint
+from ..checkpoint import LABELLED_OUTPUTS, CheckpointError, fidelity_entry, load_checkpoint, make_checkpoint, save_checkpoint
 from ..io_utils import atomic_write_text
 from ..model_config import ConfigError, model_config
 from ..nn.model import MultiFidelityAIMNet2
@@ -28,6 +28,7 @@ from .config import dump_config, num_fidelities
 from .engine import (EpochData, plain_state, TrainStep, build_optimizer, build_scheduler, current_lrs, evaluate, rng_state,
                      set_rng_state, summarize, unwrap)
 from .loss import MaskedMultiTaskLoss
+from .fidelity_init import copy_fidelity, parse_schedule
 from .transfer import transfer_weights
 
 log = logging.getLogger("aimnet2mult.train")
@@ -109,7 +110,8 @@ def fidelity_table(cfg: Dict[str, Any], info: Dict[str, Any]) -> List[Dict[str, 
         disp = resolve_dispersion(disp_spec, None) if disp_spec not in (None, "none") else None
         table.append(fidelity_entry(k, name, sae=info["sae"][k], elements=info["elements"][k],
                                     labels_include_dispersion=bool(data["labels_include_dispersion"].get(k, False)),
-                                    dispersion=disp))
+                                    dispersion=disp,
+                                    trained_outputs=[o for o in LABELLED_OUTPUTS if o in info["labels"][k]]))
     return table
 
 
@@ -130,8 +132,11 @@ class Trainer:
 
         from ..data.loaders import build_loaders
 
+        self.schedule = parse_schedule(cfg.get("fidelity_schedule"), num_fidelities(cfg), int(cfg["trainer"]["epochs"]))
+        paused = {t: self.schedule["pretrain_epochs"] for t in self.schedule["init_from"]}
         self.train_loader, self.val_loader, self.info = build_loaders(
-            cfg["data"], int(cfg["seed"]), int(cfg["fidelity_offset"]), num_replicas=self.world, rank=self.rank)
+            cfg["data"], int(cfg["seed"]), int(cfg["fidelity_offset"]), num_replicas=self.world, rank=self.rank,
+            paused_until_epoch=paused)
         for k in range(num_fidelities(cfg)):
             log.info("fidelity %d: %s, %d train / %d val molecules, labels %s, SAE %s", k,
                      self.info["files"][k], self.info["n_train"][k], self.info["n_val"].get(k, 0),
@@ -291,6 +296,10 @@ class Trainer:
         def _epoch_start(engine):
             self._epoch_losses = []
             timer["epoch"] = time.perf_counter()
+            if engine.state.epoch == self.schedule["pretrain_epochs"] + 1:
+                for target, source in sorted(self.schedule["init_from"].items()):
+                    for line in copy_fidelity(unwrap(self.model), target, source):
+                        log.info("fidelity_schedule (start of epoch %d): %s", engine.state.epoch, line)
 
         @trainer.on(Events.ITERATION_COMPLETED)
         def _record(engine):
