@@ -61,7 +61,8 @@ def run_name(arm: str, n_high: int, n_low: int, steps: int, tag: str = "") -> st
 
 def run_spec(args, arm: str, n_high: int, n_low: int) -> dict:
     data = Path(args.data).resolve()
-    bpe = int(yaml.safe_load(BASE_CONFIG.read_text())["data"]["samplers"]["train"]["kwargs"]["batches_per_epoch"])
+    bpe = args.batches_per_epoch or \
+        int(yaml.safe_load(BASE_CONFIG.read_text())["data"]["samplers"]["train"]["kwargs"]["batches_per_epoch"])
     if args.steps % bpe:
         raise SystemExit(f"--steps must be a multiple of batches_per_epoch ({bpe})")
     epochs = args.steps // bpe
@@ -69,7 +70,7 @@ def run_spec(args, arm: str, n_high: int, n_low: int) -> dict:
     ov = [f"data.fidelity_datasets.0={data / f'{kind}_train_{n_high}.h5'}",
           f"data.val_fidelity_datasets.0={data / f'{kind}_val.h5'}",
           f"trainer.epochs={epochs}", f"scheduler.kwargs.cycle_size={args.steps}",
-          f"seed={args.seed}"]
+          f"seed={args.seed}", f"data.samplers.train.kwargs.batches_per_epoch={bpe}"]
     if ARMS[arm]["multi"]:
         ov += [f"data.fidelity_datasets.1={data / f'gfn2_train_{n_low}.h5'}",
                f"data.val_fidelity_datasets.1={data / 'gfn2_val.h5'}", "fidelity_names.1=gfn2-xtb"]
@@ -82,7 +83,8 @@ def run_spec(args, arm: str, n_high: int, n_low: int) -> dict:
     name = run_name(arm, n_high, n_low, args.steps, args.tag)
     return {"arm": arm, "n_high": n_high, "n_low": n_low if ARMS[arm]["multi"] else 0, "steps": args.steps,
             "name": name, "dir": str(Path(args.out).resolve() / "runs" / name), "overrides": ov,
-            "test": str(data / f"{kind}_test.h5"), "threads": args.threads}
+            "test": str(data / f"{kind}_test.h5"), "threads": args.threads,
+            "model_yaml": str(Path(args.model).resolve()) if args.model else None}
 
 
 def run_one(spec: dict) -> dict:
@@ -100,6 +102,8 @@ def run_one(spec: dict) -> dict:
     t0 = time.time()
     if not model.exists():
         argv = ["--config", str(BASE_CONFIG), "--save", str(model), "--no-progress"]
+        if spec.get("model_yaml"):
+            argv += ["--model", spec["model_yaml"]]
         last = run_dir / "model_run" / "last.pt"
         if last.exists():
             argv += ["--resume", str(last)]
@@ -208,6 +212,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1, help="trainings at once")
     ap.add_argument("--threads", type=int, default=0, help="threads per training (default: 2 / jobs, >= 1)")
+    ap.add_argument("--batches-per-epoch", type=int, default=0, help="default: the base config's (250)")
+    ap.add_argument("--model", help="architecture YAML (default: the packaged AIMNet2 architecture)")
     ap.add_argument("--tag", default="", help="suffix of the run names (variants of the recipe)")
     ap.add_argument("--report-only", action="store_true", help="only collect finished runs")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every arm")

@@ -186,3 +186,44 @@ def test_changed_settings_refused(tmp_path):
     # another high-fidelity size within the same pool is fine
     man = qm9.build(tmp_path / "w", tmp_path / "d", dict(base, high=[2, 4]), workers=1, verbose=False)
     assert man["files"]["b3lyp_train_2.h5"]["n_molecules"] == 2
+
+
+def test_benchmark_runs_resumes_and_scores_delta(built, tmp_path):
+    """bench/bench_qm9.py end to end on the tiny set (4 steps, small network): every arm writes a
+    result, a second call trains nothing, and the Delta arm's MAE equals |GFN2 + network - B3LYP|."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+
+    from aimnet2mult.calculators.runtime import load_model
+    from helpers import SMALL
+
+    tmp, *_ = built
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(SMALL))
+    cmd = [sys.executable, str(root / "bench" / "bench_qm9.py"), "--data", str(tmp / "data"), "--out",
+           str(tmp_path / "out"), "--arms", "single,delta,multi_shared_pt", "--high", "8", "--low", "20",
+           "--steps", "4", "--batches-per-epoch", "2", "--jobs", "1", "--threads", "1",
+           "--model", str(tmp_path / "model.yaml"), "data.samplers.val.kwargs.batch_size=8"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    rows = {r["arm"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())}
+    assert set(rows) == {"single", "delta", "multi_shared_pt"}
+    assert all(np.isfinite(r["E_mae"]) and r["n_test"] == 10 for r in rows.values())
+    assert "fidelity_schedule.pretrain_epochs=1" in rows["multi_shared_pt"]["overrides"]
+    assert (tmp_path / "out" / "qm9_learning_curves.png").stat().st_size > 0
+    assert "/ single" in (tmp_path / "out" / "summary.md").read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "started" not in again.stdout
+    # Delta arm: GFN2 energy + the network's prediction against B3LYP, recomputed here
+    pot = load_model(tmp_path / "out" / "runs" / "delta_h8_s4" / "model.pt", 0)
+    errs = []
+    with h5py.File(tmp / "data" / "gfn2_test.h5", "r") as fx, h5py.File(tmp / "data" / "b3lyp_test.h5", "r") as fb:
+        ref = {int(q): e for g in fb for q, e in zip(fb[g]["qm9_index"][()], fb[g]["energy"][()])}
+        for g in fx:
+            for j, q in enumerate(fx[g]["qm9_index"][()]):
+                pred = pot(fx[g]["coord"][j], fx[g]["numbers"][j])["energy"]
+                errs.append(abs(fx[g]["energy"][j] + pred - ref[int(q)]))
+    assert rows["delta"]["E_mae"] == pytest.approx(np.mean(errs) * 23.060547830619026, rel=1e-5)
