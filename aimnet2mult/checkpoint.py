@@ -174,10 +174,24 @@ def checkpoint_hash(path: Union[str, Path]) -> str:
     return h.hexdigest()
 
 
+def check_fidelity_value(fidelity: Any, choices: str) -> Union[int, str, None]:
+    """A fidelity as a user may give it: an integer index (int or numpy integer, not bool), a
+    name, or None. Anything else (1.7, True, a list) is an error naming the choices."""
+    import numbers
+
+    if fidelity is None or isinstance(fidelity, str):
+        return fidelity
+    if isinstance(fidelity, bool) or not isinstance(fidelity, numbers.Integral):
+        raise CheckpointError(f"fidelity must be an integer index or a name, got {fidelity!r} "
+                              f"({type(fidelity).__name__}); this model has: {choices}")
+    return int(fidelity)
+
+
 def fidelity_index(ckpt: Dict[str, Any], fidelity: Union[int, str, None]) -> int:
     """Resolve a fidelity given by index or name; never silently picks one."""
     fids = ckpt["fidelities"]
     choices = ", ".join(f"{f['index']} ('{f['name']}')" for f in fids)
+    fidelity = check_fidelity_value(fidelity, choices)
     if fidelity is None:
         raise CheckpointError(f"a fidelity must be chosen explicitly; this model has: {choices}")
     if isinstance(fidelity, str) and not fidelity.strip().lstrip("-").isdigit():

@@ -63,6 +63,8 @@ class AIMNet2Mult(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "charges", "dipole", "magmoms", "magmom",
                               "stress", "energy_std", "forces_std"]
     default_parameters = {"charge": 0, "mult": 1, "fidelity": None, "coulomb": "auto"}
+    # charge, multiplicity, fidelity and Coulomb method all change the result: set() resets it
+    discard_results_on_any_change = True
 
     def __init__(self, model: Any = None, fidelity: Union[int, str, None] = None, charge: float = 0,
                  mult: int = 1, device: Any = None, dense_max_atoms: int = DENSE_MAX_ATOMS,
@@ -75,9 +77,29 @@ class AIMNet2Mult(Calculator):
         self.sources = [m if isinstance(m, ModelSource) else ModelSource(m, device) for m in models]
         self.dense_max_atoms = int(dense_max_atoms)
         # resolve the default fidelity now, so that a missing or unknown one fails at construction
+        self._check_settings(fidelity, coulomb)
+
+    def _check_settings(self, fidelity, coulomb) -> None:
+        """The fidelity resolves in every model (the same one: an ensemble never averages levels of
+        theory) and the Coulomb method fits each."""
+        coulomb_spec(coulomb)
+        seen = []
         for src in self.sources:
             pot = src.potential(fidelity)
             pot.coulomb_setting(False, coulomb)  # e.g. a Coulomb method for a model without one
+            seen.append((pot.fidelity, pot.fidelity_name, pot.source))
+        if len({(k, name.lower()) for k, name, _ in seen}) > 1:
+            raise ValueError("an ensemble must hold one fidelity (level of theory); the models give " +
+                             ", ".join(f"{src}: fidelity {k} ('{name}')" for k, name, src in seen) +
+                             ": averaging different levels of theory is meaningless")
+
+    def set(self, **kwargs):
+        """As ASE's ``set``; a new fidelity or Coulomb method is checked at once, and any change of
+        charge, mult, fidelity or coulomb discards the cached results."""
+        if hasattr(self, "sources") and ("fidelity" in kwargs or "coulomb" in kwargs):
+            self._check_settings(kwargs.get("fidelity", self.parameters.get("fidelity")),
+                                 kwargs.get("coulomb", self.parameters.get("coulomb", "auto")))
+        return super().set(**kwargs)
 
     @property
     def device(self):
@@ -114,6 +136,8 @@ class AIMNet2Mult(Calculator):
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is defined only for periodic systems (atoms.pbc is all False)")
         settings = self.system_settings(atoms)
+        if len(self.sources) > 1:
+            self._check_settings(settings["fidelity"], self.parameters.get("coulomb", "auto"))
         runs = []
         for src in self.sources:
             pot = src.potential(settings["fidelity"])

@@ -400,6 +400,9 @@ class ModelSource:
                 return 0
             return fidelity_index(self._ckpt, fidelity)
         pot = self._fixed
+        from ..checkpoint import check_fidelity_value
+
+        fidelity = check_fidelity_value(fidelity, self._choices())
         if fidelity is None:
             return pot.fidelity
         if isinstance(fidelity, str) and not fidelity.strip().lstrip("-").isdigit():
