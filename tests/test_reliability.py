@@ -64,3 +64,39 @@ def test_ensemble_of_different_fidelities_refused(files):
     mixed.info["fidelity"] = 1
     with pytest.raises(ValueError, match="does not match this compiled single-fidelity potential"):
         mixed.get_potential_energy()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.grad_clip=-1", "trainer.grad_clip must be > 0.0, got -1"),
+    ("use_fidelity_readouts=maybe", "use_fidelity_readouts must be true or false, got 'maybe'"),
+    ("use_fidelity_readouts='false'", "use_fidelity_readouts must be true or false, got 'false' \\(a string"),
+    ("trainer.epochs=-2", "trainer.epochs must be >= 1, got -2"),
+    ("trainer.epochs=0", "trainer.epochs must be >= 1, got 0"),
+    ("checkpoint.n_saved=-1", "checkpoint.n_saved must be >= 1"),
+    ("data.samplers.train.kwargs.batch_size=ten", "data.samplers.train.kwargs.batch_size must be an integer, "
+                                                  "got 'ten'"),
+    ("optimizer.kwargs.lr=fast", "optimizer.kwargs.lr must be a finite number, got 'fast'"),
+    ("loss.kwargs.components.forces.weight=-0.1", "loss.kwargs.components.forces.weight must be >= 0.0"),
+    ("data.val_fraction=1.5", "data.val_fraction must be < 1.0"),
+    ("data.samplers.train.kwargs.batches_per_epoch=0", "batches_per_epoch must be >= 1 \\(or -1\\)"),
+    ("seed=1.5", "seed must be an integer"),
+])
+def test_config_types_and_ranges_checked_at_load(tmp_path, override, message):
+    from aimnet2mult.model_config import ConfigError
+    from aimnet2mult.train.config import load_train_config
+
+    base = ["data.fidelity_datasets.0=a.h5"]
+    load_train_config([], base)  # the packaged defaults pass
+    with pytest.raises(ConfigError, match=message):
+        load_train_config([], base + [override])
+
+
+def test_config_type_error_from_yaml_file(tmp_path):
+    from aimnet2mult.model_config import ConfigError
+    from aimnet2mult.train.config import load_train_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("use_fidelity_readouts: 'false'\ndata:\n  fidelity_datasets: {0: a.h5}\n"
+                   "  samplers:\n    train:\n      kwargs:\n        batch_size: ten\n")
+    with pytest.raises(ConfigError, match="use_fidelity_readouts must be true or false"):
+        load_train_config([str(cfg)])

@@ -57,6 +57,9 @@ def load_train_config(config_files: Sequence[str] = (), overrides: Sequence[str]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid configuration or override: {exc}") from None
     _check_unknown(cfg, default_train_config(), "")
+    from .schema import check_schema
+
+    check_schema(cfg)
     return normalize(cfg)
 
 
