@@ -153,6 +153,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from .io_utils import atomic_write_text
 
+    from .io_utils import refuse_to_overwrite_inputs
+
+    if args.json:
+        refuse_to_overwrite_inputs([args.json], list(args.data) + [args.model], "evaluate --json")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     fid: Union[int, str, None] = args.fidelity
     if isinstance(fid, str) and fid.lstrip("-").isdigit():
         fid = int(fid)

@@ -3,7 +3,32 @@
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Sequence, Union
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def refuse_to_overwrite_inputs(outputs: Sequence[Union[str, Path]], inputs: Sequence[Union[str, Path, None]],
+                               command: str) -> None:
+    """Raise ValueError when one of ``outputs`` is (or links to) one of ``inputs``: a command never
+    writes over its own input files."""
+    def same(a: Path, b: Path) -> bool:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+
+    for out in outputs:
+        o = Path(out).expanduser()
+        for inp in inputs:
+            if inp is None:
+                continue
+            i = Path(inp).expanduser()
+            if same(o, i):
+                raise ValueError(f"{command}: refusing to write {o} over the input file {i}; choose another output name")
 
 
 def atomic_write(path: Union[str, Path], write: Callable[[str], None]) -> Path:
@@ -12,6 +37,7 @@ def atomic_write(path: Union[str, Path], write: Callable[[str], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would surprise users: the umask decides
     os.close(fd)
     try:
         write(tmp)

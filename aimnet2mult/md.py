@@ -298,8 +298,12 @@ def run(args) -> int:
     pot.check_elements(atoms.numbers)
     pot.coulomb_setting(bool(np.any(atoms.pbc)), getattr(args, "coulomb", "auto"))  # e.g. 'simple' with PBC
     prefix = Path(args.output) if args.output else inp.with_name(inp.stem + "_md")
+    from .io_utils import refuse_to_overwrite_inputs
+
+    outputs = [prefix.with_name(prefix.name + ext) for ext in (".xyz", "_energy.csv", "_energy.png")]
+    refuse_to_overwrite_inputs(outputs, [inp, args.model], "md")
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    traj = prefix.with_name(prefix.name + ".xyz")
+    traj = outputs[0]
     engine = run_ase if args.engine == "ase" else run_openmm
     rows = engine(atoms, source, pot.fidelity if fidelity is None else fidelity, charge, mult, args, traj)
     log = write_log(rows, prefix.with_name(prefix.name + "_energy.csv"))

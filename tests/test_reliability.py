@@ -100,3 +100,50 @@ def test_config_type_error_from_yaml_file(tmp_path):
                    "  samplers:\n    train:\n      kwargs:\n        batch_size: ten\n")
     with pytest.raises(ConfigError, match="use_fidelity_readouts must be true or false"):
         load_train_config([str(cfg)])
+
+
+def _bundled(name):
+    from importlib import resources
+    from pathlib import Path
+
+    return Path(str(resources.files("aimnet2mult.resources.data"))) / name
+
+
+def test_commands_never_write_over_their_inputs(tmp_path, files, capsys):
+    import shutil
+
+    from ase.io import write
+
+    from aimnet2mult.cli import main
+
+    data = tmp_path / "mydata.h5"
+    shutil.copy(_bundled("b3lyp_test.h5"), data)
+    before = data.read_bytes()
+    assert main(["sae", str(data), str(data)]) == 2
+    assert "refusing to write" in capsys.readouterr().err
+    assert main(["evaluate", str(data), "--model", str(files["pt"]), "--fidelity", "0", "--json", str(data)]) == 2
+    assert "refusing to write" in capsys.readouterr().err
+    assert data.read_bytes() == before
+    xyz = tmp_path / "x.xyz"
+    write(xyz, molecule("H2O"))
+    structure = xyz.read_bytes()
+    assert main(["md", str(xyz), "--model", str(files["pt"]), "--fidelity", "0", "--output", str(tmp_path / "x"),
+                 "--steps", "2"]) == 2
+    assert "refusing to write" in capsys.readouterr().err
+    assert xyz.read_bytes() == structure
+    assert main(["evaluate", str(data), "--model", str(files["pt"]), "--fidelity", "0", "--batch-size", "-3"]) == 2
+    assert "--batch-size must be a positive integer" in capsys.readouterr().err
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from aimnet2mult.io_utils import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -44,11 +44,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.max_samples is not None and args.max_samples < 1:
             raise ConfigError(f"--max-samples must be positive, got {args.max_samples}")
+        from ..io_utils import refuse_to_overwrite_inputs
+
+        refuse_to_overwrite_inputs([args.output], [args.data], "sae")
         ds = SizeGroupedDataset(args.data, in_memory=False)
         fit = fit_sae_details(ds, seed=args.seed, trim=None if args.no_trim else (0.02, 0.98),
                               max_samples=args.max_samples)
         write_sae(fit.sae, args.output)
-    except (DataError, ConfigError, OSError) as exc:
+    except (DataError, ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
