@@ -295,7 +295,8 @@ def test_nan_energies_and_empty_file(tmp_path):
         assert res.returncode == 2 and name in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
-def test_sigint_leaves_loadable_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_leaves_loadable_last_checkpoint(tmp_path, signum, code):
     synthetic.write_h5(tmp_path / "a.h5", synthetic.make_samples(64, seed=1))
     small_train_yaml(tmp_path / "train.yaml", epochs=1000)
     (tmp_path / "model.yaml").write_text(yaml.safe_dump(SMALL_MODEL))
@@ -308,9 +309,11 @@ def test_sigint_leaves_loadable_last_checkpoint(tmp_path):
     while not last.exists() and time.time() < deadline:
         time.sleep(0.5)
     assert last.exists(), "no epoch finished in time"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
+    assert signal.Signals(signum).name + ": stopping after the current iteration" in \
+        (tmp_path / "m_run" / "train.log").read_text()
     ckpt = load_checkpoint(last)
     build_model(ckpt)
     assert ckpt["training_state"]["epoch"] >= 1

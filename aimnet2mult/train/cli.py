@@ -41,9 +41,9 @@ def run(args) -> int:
     except (ConfigError, CheckpointError, DataError, FileNotFoundError, FloatingPointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted: the last checkpoint was saved in the run directory", file=sys.stderr)
-        return 130
+        return 128 + int(getattr(exc, "signum", 2))  # 130 for SIGINT, 143 for SIGTERM
     print(f"saved {path}")
     return 0
 

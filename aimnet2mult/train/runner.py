@@ -34,6 +34,14 @@ from .transfer import transfer_weights
 log = logging.getLogger("aimnet2mult.train")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by a signal after writing last.pt; ``signum`` is the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def setup_logging(log_file: Optional[Path], rank: int) -> None:
     root = logging.getLogger("aimnet2mult")
     root.setLevel(logging.INFO)
@@ -337,26 +345,32 @@ class Trainer:
             ProgressBar(persist=False).attach(trainer, output_transform=lambda out: {"loss": out["loss"]})
 
         data = EpochData(self.train_loader, start_epoch)
-        previous = signal.getsignal(signal.SIGINT)
-        interrupted = {"flag": False}
+        # SIGINT (Ctrl-C) and SIGTERM (what Slurm and kill send at a time limit) both stop after the
+        # current iteration and write last.pt
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.getsignal(s) for s in handled}
+        interrupted: Dict[str, Any] = {"signal": None}
 
-        def _on_sigint(signum, frame):
-            interrupted["flag"] = True
-            log.warning("SIGINT: stopping after the current iteration and saving the last checkpoint")
+        def _on_signal(signum, frame):
+            interrupted["signal"] = signum
+            log.warning("%s: stopping after the current iteration and saving the last checkpoint",
+                        signal.Signals(signum).name)
             trainer.terminate()
 
         if self.rank == 0:
-            signal.signal(signal.SIGINT, _on_sigint)
+            for s in handled:
+                signal.signal(s, _on_signal)
         try:
             if start_epoch < epochs:
                 trainer.run(data, max_epochs=epochs, epoch_length=len(self.train_loader))
         finally:
             if self.rank == 0:
-                signal.signal(signal.SIGINT, previous)
-        if interrupted["flag"]:
+                for s in handled:
+                    signal.signal(s, previous[s])
+        if interrupted["signal"] is not None:
             self.save_last(trainer)
             log.warning("interrupted: last checkpoint %s", self.run_dir / "last.pt")
-            raise KeyboardInterrupt
+            raise TrainingInterrupted(int(interrupted["signal"]))
         return self.finish(trainer)
 
     def finish(self, trainer) -> Path:

@@ -52,9 +52,10 @@ def _choice(*options: str) -> Callable[[str, Any], None]:
     return check
 
 
-def _positive_or_null(key: str, v: Any) -> None:
+def _count_or_null(key: str, v: Any) -> None:
+    """null or 0: off; a positive integer: every that many iterations."""
     if v is not None:
-        _integer(1)(key, v)
+        _integer(0)(key, v)
 
 
 SCHEMA: Dict[str, Callable[[str, Any], None]] = {
@@ -70,8 +71,8 @@ SCHEMA: Dict[str, Callable[[str, Any], None]] = {
     "trainer.epochs": _integer(1),
     "trainer.grad_clip": _number(0.0, strict=True, nullable=True),
     "checkpoint.n_saved": _integer(1),
-    "log_frequency.train": _positive_or_null,
-    "log_frequency.val": _positive_or_null,
+    "log_frequency.train": _count_or_null,
+    "log_frequency.val": _count_or_null,
     "scheduler.terminate_on_low_lr": _number(0.0, nullable=True),
     "wandb.enabled": _boolean,
     "fidelity_schedule.pretrain_epochs": _integer(0),
