@@ -124,6 +124,12 @@ def validate_checkpoint(ckpt: Any, where: str) -> Dict[str, Any]:
         bad = [z for z in f["elements"] if not 0 < int(z) < cfg["fidelity_offset"]]
         if bad:
             raise CheckpointError(f"{where}: fidelity {f['index']} lists invalid elements {bad}")
+        import math
+
+        nonfinite = [int(z) for z, v in f["sae"].items() if not math.isfinite(float(v))]
+        if nonfinite:
+            raise CheckpointError(f"{where}: fidelity {f['index']} ({f['name']}): the SAE of element(s) "
+                                  f"{format_elements(nonfinite)} is not a finite number")
         missing = [z for z in f["elements"] if f["sae"] and int(z) not in f["sae"]]
         if missing:
             raise CheckpointError(f"{where}: fidelity {f['index']} ({f['name']}): no SAE for element(s) "

@@ -51,6 +51,12 @@ MIN_DISTANCE = 0.1
 MAX_IMAGES = 50000
 
 
+def _rounded(x: float, digits: int) -> float:
+    """x rounded to ``digits`` decimals (TorchScript's str.format knows only '{}')."""
+    scale = 10.0 ** digits
+    return math.floor(x * scale + 0.5) / scale
+
+
 class Potential(nn.Module):
     fidelity: int
     fidelity_name: str
@@ -130,6 +136,7 @@ class Potential(nn.Module):
         return ", ".join(names)
 
     def _check_elements(self, numbers: Tensor) -> None:
+        numbers = numbers.to(torch.long)  # int8/uint8 input: compare without overflow
         if bool((numbers < 0).any()) or bool((numbers >= self.supported.shape[0]).any()):
             raise ValueError("atomic numbers must lie in 0..{} (0 = padding)".format(self.supported.shape[0] - 1))
         ok = self.supported[numbers.to(torch.long)] | (numbers == 0)
@@ -161,6 +168,9 @@ class Potential(nn.Module):
             raise ValueError("'numbers' must have shape (B, N) = {}, got {}".format(
                 list(coord.shape[:2]), list(numbers.shape)))
         b = coord.shape[0]
+        if b == 0 or coord.shape[1] == 0:
+            raise ValueError("the batch is empty: 'coord' has shape {}; give at least one molecule with at "
+                             "least one atom".format(list(coord.shape)))
         for key in ["charge", "mult"]:
             if key in data:
                 if data[key].shape != torch.Size([b]):
@@ -253,9 +263,9 @@ class Potential(nn.Module):
             norms = torch.linalg.norm(rows, dim=1)
             rel = torch.sqrt(torch.clamp(torch.linalg.det(gram), min=0.0)) / torch.clamp(norms.prod(), min=1e-300)
             if bool((norms < 1e-6).any()) or float(rel) < 1e-6:
-                raise ValueError("'cell' is singular (volume {:.3g} Å³): its periodic lattice vectors are zero "
+                raise ValueError("'cell' is singular (volume {} Å³): its periodic lattice vectors are zero "
                                  "or linearly dependent; the rows of 'cell' must be three independent lattice "
-                                 "vectors in Å".format(float(torch.linalg.det(c64))))
+                                 "vectors in Å".format(_rounded(float(torch.linalg.det(c64)), 6)))
             if n_mol > 1:
                 raise ValueError("a periodic input is one system: 'mol_idx' must be all zeros (got {} "
                                  "molecules)".format(n_mol))
@@ -291,9 +301,9 @@ class Potential(nn.Module):
                 n_images = n_images * (2 * reach + 1)
                 if n_images > self.max_images:
                     raise ValueError(
-                        "periodic cell too small for {}: the width along lattice vector {} is {:.3f} Å, so its "
-                        "{:.2f} Å cutoff reaches more than {} periodic images; use a larger (super)cell".format(
-                            what, axis, width, cutoff, self.max_images))
+                        "periodic cell too small for {}: the width along lattice vector {} is {} Å, so its "
+                        "{} Å cutoff reaches more than {} periodic images; use a larger (super)cell".format(
+                            what, axis, _rounded(width, 3), _rounded(cutoff, 2), self.max_images))
 
     # ------------------------------------------------------------------------------ neighbour lists
     def _long_range_cutoff(self, n_atoms: int, volume: float, periodic: bool) -> Tuple[float, str]:

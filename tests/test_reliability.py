@@ -147,3 +147,28 @@ def test_written_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_compiled_file_messages_and_edge_inputs(files):
+    import torch
+
+    from aimnet2mult.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from aimnet2mult.export import load_potential
+
+    pot, _ = load_potential(files["fid0"])
+    water = torch.tensor([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    ref = pot({"coord": water[None], "numbers": torch.tensor([[8, 1, 1]])})["energy"]
+    for dtype in (torch.int8, torch.uint8, torch.int16, torch.int32):
+        out = pot({"coord": water[None], "numbers": torch.tensor([[8, 1, 1]], dtype=dtype)})["energy"]
+        assert torch.equal(out, ref), dtype
+    with pytest.raises(Exception, match="the batch is empty"):
+        pot({"coord": torch.zeros(0, 3, 3), "numbers": torch.zeros(0, 3, dtype=torch.long)})
+    with pytest.raises(Exception) as err:
+        pot({"coord": water, "numbers": torch.tensor([8, 1, 1]), "cell": torch.zeros(3, 3)})
+    assert "'cell' is singular (volume 0" in str(err.value) and "{" not in str(err.value).splitlines()[-1]
+    # a checkpoint with a NaN SAE is refused when written and when read
+    ckpt = load_checkpoint(files["pt"])
+    ckpt["fidelities"][0]["sae"][1] = float("nan")
+    with pytest.raises(CheckpointError, match="SAE of element\\(s\\) H .*not a finite number"):
+        save_checkpoint(ckpt, files["pt"].with_name("nan.pt"))
+    assert not files["pt"].with_name("nan.pt").exists()
