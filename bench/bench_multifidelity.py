@@ -62,7 +62,7 @@ def train(cfg: dict, out: Path, name: str, overrides) -> Path:
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     model = out / f"{name}.pt"
     cmd = [sys.executable, "-m", "aimnet2mult.train.cli", "--config", str(cfg_path), "--save", str(model),
-           "--no-progress"] + list(overrides)
+           "--overwrite", "--no-progress"] + list(overrides)
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.time()
     subprocess.run(cmd, check=True)

@@ -105,8 +105,8 @@ def run_one(spec: dict) -> dict:
         if spec.get("model_yaml"):
             argv += ["--model", spec["model_yaml"]]
         last = run_dir / "model_run" / "last.pt"
-        if last.exists():
-            argv += ["--resume", str(last)]
+        # continue an interrupted run, or replace the remains of one that never finished an epoch
+        argv += ["--resume", str(last)] if last.exists() else ["--overwrite"]
         rc = train_main(argv + spec["overrides"])
         if rc:
             raise SystemExit(f"{spec['name']}: training failed with exit code {rc}")

@@ -88,6 +88,7 @@ def main() -> int:
     # 2. training
     model = out / "model.pt"
     step("multi-fidelity training", [py, "-m", "aimnet2mult.train.cli", "--config", CONFIG, "--save", model,
+                                     "--overwrite",
                                      f"trainer.epochs={epochs}",
                                      f"data.samplers.train.kwargs.batches_per_epoch={batches}",
                                      f"scheduler.kwargs.cycle_size={max(epochs * batches, 2)}"] + overrides)

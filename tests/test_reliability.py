@@ -172,3 +172,54 @@ def test_compiled_file_messages_and_edge_inputs(files):
     with pytest.raises(CheckpointError, match="SAE of element\\(s\\) H .*not a finite number"):
         save_checkpoint(ckpt, files["pt"].with_name("nan.pt"))
     assert not files["pt"].with_name("nan.pt").exists()
+
+
+def _tiny_training(tmp_path, *extra, save="m.pt", wait=True):
+    import subprocess
+    import sys
+
+    import yaml
+
+    import synthetic
+    from helpers import SMALL
+    from test_train import small_train_yaml
+
+    if not (tmp_path / "a.h5").exists():
+        synthetic.write_h5(tmp_path / "a.h5", synthetic.make_samples(16, seed=1))
+        small_train_yaml(tmp_path / "train.yaml", epochs=1)
+        (tmp_path / "model.yaml").write_text(yaml.safe_dump(SMALL))
+    cmd = [sys.executable, "-m", "aimnet2mult.train.cli", "--config", "train.yaml", "--model", "model.yaml",
+           "--save", save, "data.fidelity_datasets.0=a.h5", "--no-progress", *extra]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_second_run_into_the_same_save_is_refused_or_replaces(tmp_path):
+    first = _tiny_training(tmp_path)
+    assert first.returncode == 0, first.stderr
+    model = (tmp_path / "m.pt").read_bytes()
+    second = _tiny_training(tmp_path)
+    assert second.returncode == 2 and "a previous run is there" in second.stderr and "--overwrite" in second.stderr
+    assert (tmp_path / "m.pt").read_bytes() == model
+    # a stale best checkpoint and a temporary of a killed process are removed by --overwrite
+    (tmp_path / "m_run" / "best_epoch99_iter1.pt").write_bytes(b"old")
+    (tmp_path / "m_run" / ".last.pt.abc.tmp").write_bytes(b"half")
+    third = _tiny_training(tmp_path, "--overwrite", "seed=3")
+    assert third.returncode == 0, third.stderr
+    assert not (tmp_path / "m_run" / "best_epoch99_iter1.pt").exists()
+    assert not list((tmp_path / "m_run").glob(".*.tmp"))
+    assert (tmp_path / "m.pt").read_bytes() != model
+
+
+def test_two_trainings_with_one_save_at_once(tmp_path):
+    import fcntl
+
+    _tiny_training(tmp_path, "--overwrite")  # data and configs
+    lock = tmp_path / "busy_run" / ".lock"
+    lock.parent.mkdir()
+    with open(lock, "a+") as fh:  # a running training holds this lock
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = _tiny_training(tmp_path, save="busy.pt")
+    assert res.returncode == 2 and "another training is running into" in res.stderr
+    assert not (tmp_path / "busy.pt").exists()

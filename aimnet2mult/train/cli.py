@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load", help="initialise weights from this checkpoint (or official AIMNet2 .jpt)")
     p.add_argument("--resume", help="resume a run exactly from a checkpoint with training state")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run into the same --save (its model, last.pt, best_*.pt, logs)")
     p.add_argument("overrides", nargs="*", help="key=value configuration overrides (dotted keys)")
 
 
@@ -37,7 +39,7 @@ def run(args) -> int:
     try:
         cfg = load_train_config(args.config, args.overrides)
         path = run_training(cfg, args.save, model_yaml=args.model, load=args.load, resume=args.resume,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, overwrite=args.overwrite)
     except (ConfigError, CheckpointError, DataError, FileNotFoundError, FloatingPointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -415,5 +415,16 @@ class Trainer:
 
 
 def run_training(cfg: Dict[str, Any], save: str, model_yaml: Optional[str] = None, load: Optional[str] = None,
-                 resume: Optional[str] = None, progress: bool = True) -> Path:
-    return Trainer(cfg, save, model_yaml, load, resume, progress).run()
+                 resume: Optional[str] = None, progress: bool = True, overwrite: bool = False) -> Path:
+    """Train; the run directory is locked for the whole run (see :mod:`.rundir`); ``overwrite``
+    replaces a previous run into the same ``save``."""
+    from .rundir import RunDirectory, describe_cleanup
+
+    save_path = Path(save).resolve()
+    run_dir = save_path.parent / f"{save_path.stem}_run"
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 owns the run directory
+        return Trainer(cfg, save, model_yaml, load, resume, progress).run()
+    with RunDirectory(save_path, run_dir, resuming=resume is not None, overwrite=overwrite) as rd:
+        trainer = Trainer(cfg, save, model_yaml, load, resume, progress)
+        describe_cleanup(rd)
+        return trainer.run()
