@@ -8,6 +8,11 @@ Writes ``PREFIX.xyz`` (extended XYZ trajectory with energies), ``PREFIX_energy.c
 ``PREFIX`` = ``--output`` (default: the input's name + ``_md``). Energies are in eV for both
 engines; the temperature is 2 E_kin / (3 N k_B).
 
+Guards (checked at every logged step, ``--interval``): the run stops with an error and exit code 3,
+keeping what it wrote so far, when positions or energies become non-finite, the temperature exceeds
+``--max-temperature`` (default: 10 x the target or 5,000 K, whichever is larger), or, in NVE, the
+total energy drifts by more than ``--max-drift`` eV per atom (default 0.05) from its start.
+
 Engines: ``ase`` (the ``AIMNet2Mult`` calculator; Langevin for NVT, velocity Verlet for NVE) and
 ``openmm`` (openmm-torch ``TorchForce`` or ``PythonForce``; ``LangevinMiddleIntegrator`` for NVT,
 ``VerletIntegrator`` for NVE). The structure's cell and PBC (extended XYZ ``Lattice``, PDB
@@ -52,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coulomb", choices=["auto", "simple", "dsf", "ewald", "none"], default="auto",
                         help="Coulomb method (default auto: the model's own for molecules, 'dsf' for periodic "
                              "systems unless the model's method is periodic)")
+    parser.add_argument("--max-temperature", type=float,
+                        help="K: stop when the temperature exceeds it (default max(10 x --temperature, 5000))")
+    parser.add_argument("--max-drift", type=float, default=0.05,
+                        help="eV per atom: NVE stops when |E_tot - E_tot(0)| / N exceeds it (default 0.05)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-plot", action="store_true", help="no energy plot (PNG; needs matplotlib)")
 
@@ -108,6 +117,41 @@ def openmm_energies_ev(state) -> Tuple[float, float]:
             state.getKineticEnergy().value_in_unit(kj) / EV_TO_KJ_PER_MOL)
 
 
+class MDUnstable(RuntimeError):
+    """The trajectory left the physical range (non-finite values, runaway temperature, NVE drift)."""
+
+
+class MDGuard:
+    """Checks each logged row; raises :class:`MDUnstable` naming the step, the value and the limit."""
+
+    def __init__(self, n_atoms: int, max_temperature: float, max_drift_per_atom: Optional[float], timestep: float):
+        self.n_atoms, self.max_temperature = n_atoms, max_temperature
+        self.max_drift, self.timestep = max_drift_per_atom, timestep
+        self.e0: Optional[float] = None
+
+    def check(self, row: Dict[str, float], positions) -> None:
+        step = int(row["step"])
+        hint = f" (time step {self.timestep} fs: try a shorter one)"
+        if not all(np.isfinite(row[k]) for k in ("epot_eV", "ekin_eV")) or not np.isfinite(positions).all():
+            raise MDUnstable(f"MD became unstable at step {step}: non-finite energies or positions" + hint)
+        if self.e0 is None:
+            self.e0 = row["etot_eV"]
+        if row["temperature_K"] > self.max_temperature:
+            raise MDUnstable(f"MD became unstable at step {step}: temperature {row['temperature_K']:.0f} K exceeds "
+                             f"--max-temperature {self.max_temperature:.0f} K" + hint)
+        drift = abs(row["etot_eV"] - self.e0) / self.n_atoms
+        if self.max_drift is not None and drift > self.max_drift:
+            raise MDUnstable(f"NVE energy drift at step {step}: |E_tot - E_tot(0)| = {drift:.4g} eV per atom "
+                             f"exceeds --max-drift {self.max_drift:g} eV per atom" + hint)
+
+
+def make_guard(args, n_atoms: int) -> MDGuard:
+    limit = args.max_temperature if getattr(args, "max_temperature", None) is not None else \
+        max(10.0 * args.temperature, 5000.0)
+    drift = getattr(args, "max_drift", 0.05) if args.ensemble == "nve" else None
+    return MDGuard(n_atoms, limit, drift, args.timestep)
+
+
 def run_in_chunks(advance, record, steps: int, interval: int, bar) -> None:
     """Record step 0, then advance ``interval`` steps at a time (the last chunk may be shorter),
     recording after each chunk and updating the progress bar."""
@@ -122,7 +166,8 @@ def run_in_chunks(advance, record, steps: int, interval: int, bar) -> None:
     bar.close()
 
 
-def run_ase(atoms, source, fidelity, charge, mult, args, traj_path: Path) -> List[Dict[str, float]]:
+def run_ase(atoms, source, fidelity, charge, mult, args, traj_path: Path,
+            rows: Optional[List[Dict[str, float]]] = None) -> List[Dict[str, float]]:
     from ase import units
     from ase.io import write
     from ase.md.langevin import Langevin
@@ -139,13 +184,15 @@ def run_ase(atoms, source, fidelity, charge, mult, args, traj_path: Path) -> Lis
                        friction=args.friction / (1000.0 * units.fs), fixcm=False, rng=rng)
     else:
         dyn = VelocityVerlet(atoms, args.timestep * units.fs)
-    rows: List[Dict[str, float]] = []
+    rows = [] if rows is None else rows
     bar = _progress(args.steps, args.no_progress)
+    guard = make_guard(args, len(atoms))
 
     def record(step):
         row = energy_row(step, args.timestep, atoms.get_potential_energy(), atoms.get_kinetic_energy(), len(atoms))
         rows.append(row)
         write(traj_path, _frame(atoms, row), format="extxyz", append=step > 0)
+        guard.check(row, atoms.positions)
 
     run_in_chunks(dyn.run, record, args.steps, args.interval, bar)
     return rows
@@ -176,16 +223,19 @@ def openmm_topology(atoms):
 def _openmm_platform(name: Optional[str]):
     import openmm
 
-    if name:
-        return openmm.Platform.getPlatformByName(name)
     names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    if name:
+        if name not in names:
+            raise ValueError(f"--platform {name!r}: no such OpenMM platform; available: {', '.join(names)}")
+        return openmm.Platform.getPlatformByName(name)
     for candidate in ("CUDA", "OpenCL", "CPU", "Reference"):
         if candidate in names:
             return openmm.Platform.getPlatformByName(candidate)
     raise ValueError("no OpenMM platform available")
 
 
-def run_openmm(atoms, source, fidelity, charge, mult, args, traj_path: Path) -> List[Dict[str, float]]:
+def run_openmm(atoms, source, fidelity, charge, mult, args, traj_path: Path,
+               rows: Optional[List[Dict[str, float]]] = None) -> List[Dict[str, float]]:
     from .calculators import ModelSource
     from .openmm.torchforce import create_torch_force
 
@@ -220,9 +270,10 @@ def run_openmm(atoms, source, fidelity, charge, mult, args, traj_path: Path) -> 
     context = openmm.Context(system, integrator, _openmm_platform(args.platform))
     context.setPositions(atoms.positions / NM_TO_ANGSTROM)
     context.setVelocitiesToTemperature(args.temperature * unit.kelvin, args.seed)
-    rows: List[Dict[str, float]] = []
+    rows = [] if rows is None else rows
     frame = atoms.copy()
     bar = _progress(args.steps, args.no_progress)
+    guard = make_guard(args, len(atoms))
 
     def record(step):
         st = context.getState(getEnergy=True, getPositions=True)
@@ -231,17 +282,23 @@ def run_openmm(atoms, source, fidelity, charge, mult, args, traj_path: Path) -> 
         row = energy_row(step, args.timestep, epot, ekin, len(atoms))
         rows.append(row)
         write(traj_path, _frame(frame, row), format="extxyz", append=step > 0)
+        guard.check(row, frame.positions)
 
     run_in_chunks(integrator.step, record, args.steps, args.interval, bar)
     return rows
 
 
 def write_log(rows: List[Dict[str, float]], path: Path) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    """The energy log as CSV, written atomically."""
+    import io
+
+    from .io_utils import atomic_write_text
+
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
 
 
 def plot_energy(rows: List[Dict[str, float]], path: Path, title: str = "") -> Path:
@@ -283,12 +340,25 @@ def run(args) -> int:
         raise FileNotFoundError(f"structure file not found: {inp}")
     if args.steps < 0 or args.interval < 1 or args.timestep <= 0:
         raise ValueError("--steps must be >= 0, --interval >= 1 and --timestep > 0")
+    if not args.temperature > 0 or not np.isfinite(args.temperature):
+        raise ValueError(f"--temperature must be a positive number of kelvin, got {args.temperature}")
+    if args.friction < 0 or not np.isfinite(args.friction):
+        raise ValueError(f"--friction must be >= 0 (1/ps), got {args.friction}")
+    if getattr(args, "max_temperature", None) is not None and not args.max_temperature > args.temperature:
+        raise ValueError(f"--max-temperature ({args.max_temperature}) must exceed --temperature ({args.temperature})")
+    if getattr(args, "max_drift", 0.05) is not None and not getattr(args, "max_drift", 0.05) > 0:
+        raise ValueError(f"--max-drift must be a positive energy per atom (eV), got {args.max_drift}")
     if not getattr(args, "no_plot", False):
         import importlib.util
 
         if importlib.util.find_spec("matplotlib") is None:  # fail before the run, not after it
             raise ValueError("the energy plot needs matplotlib: pip install matplotlib (or run with --no-plot)")
-    atoms = read(str(inp))
+    try:
+        atoms = read(str(inp))
+    except Exception as exc:  # ASE raises many types for garbled files, unknown elements, bad numbers
+        raise ValueError(f"cannot read the structure file {inp}: {type(exc).__name__}: {exc}") from None
+    if len(atoms) == 0:
+        raise ValueError(f"the structure file {inp} holds no atoms")
     charge = args.charge if args.charge is not None else float(atoms.info.get("charge", 0))
     mult = args.mult if args.mult is not None else int(atoms.info.get("mult", atoms.info.get("spin", 1)))
     fidelity = args.fidelity
@@ -305,8 +375,19 @@ def run(args) -> int:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     traj = outputs[0]
     engine = run_ase if args.engine == "ase" else run_openmm
-    rows = engine(atoms, source, pot.fidelity if fidelity is None else fidelity, charge, mult, args, traj)
+    rows: List[Dict[str, float]] = []
+    failure: Optional[MDUnstable] = None
+    try:
+        engine(atoms, source, pot.fidelity if fidelity is None else fidelity, charge, mult, args, traj, rows)
+    except MDUnstable as exc:
+        failure = exc
     log = write_log(rows, prefix.with_name(prefix.name + "_energy.csv"))
+    if failure is not None:
+        import sys
+
+        print(f"error: {failure}; the trajectory and energy log up to that step are in {traj} and {log}",
+              file=sys.stderr)
+        return 3
     png = None if getattr(args, "no_plot", False) else plot_energy(
         rows, prefix.with_name(prefix.name + "_energy.png"),
         f"{inp.name}: {args.engine} {args.ensemble.upper()}, fidelity {pot.fidelity} '{pot.fidelity_name}'")

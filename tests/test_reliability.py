@@ -223,3 +223,45 @@ def test_two_trainings_with_one_save_at_once(tmp_path):
         res = _tiny_training(tmp_path, save="busy.pt")
     assert res.returncode == 2 and "another training is running into" in res.stderr
     assert not (tmp_path / "busy.pt").exists()
+
+
+@pytest.mark.parametrize("engine,ensemble", [("ase", "nve"), ("ase", "nvt"), ("openmm", "nve"), ("openmm", "nvt")])
+def test_md_that_blows_up_says_so(tmp_path, engine, ensemble):
+    import subprocess
+    import sys
+
+    from ase.io import write
+
+    write(tmp_path / "eth.xyz", molecule("CH3CH2OH"))
+    res = subprocess.run([sys.executable, "-m", "aimnet2mult", "md", "eth.xyz", "--fidelity", "0", "--engine", engine,
+                          "--ensemble", ensemble, "--timestep", "10", "--steps", "200", "--interval", "10",
+                          "--no-progress", "--no-plot"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "MD became unstable at step" in res.stderr and "exceeds --max-temperature 5000 K" in res.stderr
+    rows = (tmp_path / "eth_md_energy.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) >= 3  # header, step 0, the step that failed
+
+
+def test_md_nve_drift_guard_and_bad_arguments(tmp_path, capsys):
+    from ase.io import write
+
+    from aimnet2mult.cli import main
+
+    write(tmp_path / "w.xyz", molecule("H2O"))
+    common = ["md", str(tmp_path / "w.xyz"), "--fidelity", "0", "--no-progress", "--no-plot", "--steps", "20"]
+    assert main(common + ["--ensemble", "nve", "--max-drift", "1e-12"]) == 3
+    assert "NVE energy drift at step" in capsys.readouterr().err
+    assert main(common + ["--ensemble", "nve"]) == 0  # the default limit holds for a sane run
+    for extra, message in [(["--temperature", "-5"], "--temperature must be a positive"),
+                           (["--friction", "-1"], "--friction must be >= 0"),
+                           (["--engine", "openmm", "--platform", "NoSuch"], "no such OpenMM platform; available:"),
+                           (["--max-temperature", "100"], "must exceed --temperature")]:
+        assert main(common + extra) == 2, extra
+        assert message in capsys.readouterr().err
+    (tmp_path / "bad.xyz").write_text("3\n\nO 0 0 zero\nH 1 0 0\nH 0 1 0\n")
+    (tmp_path / "xx.xyz").write_text("1\n\nXx 0 0 0\n")
+    (tmp_path / "garbled.xyz").write_text("not an xyz file\n")
+    for name in ("bad.xyz", "xx.xyz", "garbled.xyz"):
+        assert main(["md", str(tmp_path / name), "--fidelity", "0", "--no-progress"]) == 2, name
+        err = capsys.readouterr().err
+        assert f"cannot read the structure file {tmp_path / name}" in err and "Traceback" not in err
