@@ -424,7 +424,7 @@ def test_bad_periodic_input_gives_clear_errors(pots):
     inp = periodic_input(water_cell(2))
     singular = inp["cell"].clone()
     singular[2] = singular[0] + singular[1]
-    with pytest.raises(ValueError, match=r"'cell' is singular \(volume 0 Å³\): its periodic lattice vectors are zero "
+    with pytest.raises(ValueError, match=r"'cell' is singular \(volume 0(\.0)? Å³\): its periodic lattice vectors are zero "
                                          r"or linearly dependent"):
         pot(dict(inp, cell=singular))
     with pytest.raises(ValueError, match="'cell' is singular"):
@@ -437,7 +437,7 @@ def test_bad_periodic_input_gives_clear_errors(pots):
         pot(dict(inp, cell=inp["cell"] * float("nan")))
     tiny = {"coord": torch.zeros(1, 3), "numbers": torch.tensor([8]), "cell": torch.eye(3) * 0.5}
     with pytest.raises(ValueError, match=r"periodic cell too small for Coulomb method 'dsf': the width along "
-                                         r"lattice vector [0-2] is 0\.500 Å, so its 15\.00 Å cutoff reaches more "
+                                         r"lattice vector [0-2] is 0\.5(00)? Å, so its 15\.0(0)? Å cutoff reaches more "
                                          r"than 50000 periodic images; use a larger \(super\)cell"):
         pot(tiny)
     with pytest.raises(ValueError, match="an atom and its periodic image"):
