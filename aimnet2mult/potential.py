@@ -49,6 +49,9 @@ from .nn.neighbors import TorchCellList
 MIN_DISTANCE = 0.1
 #: a periodic cutoff sphere reaching more periodic images than this means the cell is too small
 MAX_IMAGES = 50000
+#: dense input larger than B * N * N pair slots is refused (about 2,000 atoms in one molecule):
+#: the flat layout handles large systems in O(N) memory
+DENSE_MAX_PAIRS = 4_000_000
 
 
 def _rounded(x: float, digits: int) -> float:
@@ -64,6 +67,7 @@ class Potential(nn.Module):
     symbols: List[str]
     min_distance: float
     max_images: int
+    dense_max_pairs: int
     report_charges: bool
     report_spin_charges: bool
 
@@ -90,6 +94,7 @@ class Potential(nn.Module):
         self.symbols = list(symbols)
         self.min_distance = MIN_DISTANCE
         self.max_images = MAX_IMAGES
+        self.dense_max_pairs = DENSE_MAX_PAIRS
         self.neighbor_list = neighbor_list if neighbor_list is not None else TorchCellList()
         model.manual_forces = True
         # the weights of a potential never change: its dense layers may keep oneDNN-packed copies
@@ -168,6 +173,12 @@ class Potential(nn.Module):
             raise ValueError("'numbers' must have shape (B, N) = {}, got {}".format(
                 list(coord.shape[:2]), list(numbers.shape)))
         b = coord.shape[0]
+        if b * coord.shape[1] * coord.shape[1] > self.dense_max_pairs:
+            raise ValueError("dense input of {} x {} atoms needs {} pair slots (more than {}), which would exhaust "
+                             "memory: give large systems in the flat layout, 'coord' (N, 3) and 'numbers' (N,) "
+                             "(with 'mol_idx' for several molecules)".format(b, coord.shape[1],
+                                                                             b * coord.shape[1] * coord.shape[1],
+                                                                             self.dense_max_pairs))
         if b == 0 or coord.shape[1] == 0:
             raise ValueError("the batch is empty: 'coord' has shape {}; give at least one molecule with at "
                              "least one atom".format(list(coord.shape)))
@@ -398,8 +409,15 @@ class Potential(nn.Module):
     def _forward_dense(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
         self._validate(data)
         dtype = self.model.backbone.embedding.weight.dtype
-        coord = data["coord"].detach().to(dtype)
         numbers = data["numbers"].to(torch.long)
+        coord = data["coord"].detach()
+        if coord.dtype != dtype:
+            # float64 input far from the origin: move each molecule's centroid to the origin before the
+            # cast, so that float32 keeps its precision (energies and forces are translation invariant)
+            real = (numbers != 0).to(coord.dtype).unsqueeze(-1)
+            centre = (coord * real).sum(1, keepdim=True) / real.sum(1, keepdim=True)
+            coord = coord - centre
+        coord = coord.to(dtype)
         b = coord.shape[0]
         inp: Dict[str, Tensor] = {"numbers": numbers}
         if "charge" in data:
@@ -482,7 +500,14 @@ class Potential(nn.Module):
     def _forward_flat(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
         mol_idx, n_mol = self._validate_flat(data)
         dtype = self.model.backbone.embedding.weight.dtype
-        coord = data["coord"].detach().to(dtype)
+        coord = data["coord"].detach()
+        if coord.dtype != dtype and "nbmat" not in data:
+            # as in the dense layout: per-molecule centroids to the origin before the float32 cast
+            # (a uniform shift of each molecule, or of the one periodic system, changes no pair vector)
+            sums = torch.zeros(n_mol, 3, dtype=coord.dtype, device=coord.device).index_add_(0, mol_idx, coord)
+            counts = torch.bincount(mol_idx, minlength=n_mol).to(coord.dtype).unsqueeze(-1)
+            coord = coord - (sums / counts)[mol_idx]
+        coord = coord.to(dtype)
         device = coord.device
         n = coord.shape[0]
         numbers = data["numbers"].to(torch.long)

@@ -265,3 +265,36 @@ def test_md_nve_drift_guard_and_bad_arguments(tmp_path, capsys):
         assert main(["md", str(tmp_path / name), "--fidelity", "0", "--no-progress"]) == 2, name
         err = capsys.readouterr().err
         assert f"cannot read the structure file {tmp_path / name}" in err and "Traceback" not in err
+
+
+def test_float64_input_far_from_the_origin_keeps_precision(files):
+    import torch
+
+    from aimnet2mult.export import load_potential
+
+    pot, _ = load_potential(files["fid0"])
+    atoms = molecule("CH3CH2OH")
+    x = torch.tensor(atoms.positions, dtype=torch.float64)
+    z = torch.tensor(atoms.numbers)
+    ref = pot({"coord": x[None], "numbers": z[None]})
+    for shift in (1e3, 1e5):
+        dense = pot({"coord": (x + shift)[None], "numbers": z[None]})
+        flat = pot({"coord": x + shift, "numbers": z})
+        assert float((dense["energy"] - ref["energy"]).abs()) < 1e-5
+        assert float((dense["forces"] - ref["forces"]).abs().max()) < 1e-5
+        assert float((flat["forces"] - ref["forces"][0]).abs().max()) < 1e-4
+    # two molecules far apart in one flat call: each recentred on its own
+    two = pot({"coord": torch.cat([x + 1e5, x - 1e5]), "numbers": torch.cat([z, z]),
+               "mol_idx": torch.repeat_interleave(torch.arange(2), len(z))})
+    assert float((two["energy"] - ref["energy"]).abs().max()) < 1e-5
+
+
+def test_dense_input_too_large_is_refused(files):
+    import torch
+
+    from aimnet2mult.export import load_potential
+
+    pot, _ = load_potential(files["fid0"])
+    n = 2100
+    with pytest.raises(Exception, match="give large systems in the flat layout"):
+        pot({"coord": torch.rand(1, n, 3) * 40.0, "numbers": torch.ones(1, n, dtype=torch.long)})
