@@ -46,7 +46,10 @@ def make_groups(sizes, n_per, sae=SAE0, labels=(), seed=0, noise=0.0, mult=False
     for na in sizes:
         num = rng.choice(elements, size=(n_per, na))
         e = np.array([sum(sae[int(z)] for z in row) for row in num]) + rng.normal(0, noise, n_per)
-        g = {"coord": rng.normal(size=(n_per, na, 3)).astype(np.float32), "numbers": num,
+        # atoms on a line 1.2 Å apart, jittered: never closer than the 0.1 Å coincidence limit
+        line = np.arange(na)[:, None] * np.array([1.2, 0.0, 0.0])
+        coord = line + rng.uniform(-0.3, 0.3, size=(n_per, na, 3))
+        g = {"coord": coord.astype(np.float32), "numbers": num,
              "charge": rng.integers(-1, 2, n_per).astype(np.float32), "energy": e}
         if "forces" in labels:
             g["forces"] = rng.normal(size=(n_per, na, 3)).astype(np.float32)
@@ -58,6 +61,11 @@ def make_groups(sizes, n_per, sae=SAE0, labels=(), seed=0, noise=0.0, mult=False
             g["mult"] = rng.integers(1, 4, n_per).astype(np.float32)
         groups[na] = g
     return groups
+
+
+def spread(n, natoms):
+    """(n, natoms, 3) coordinates 1.2 Å apart on a line (no coincident atoms)."""
+    return np.tile(np.arange(natoms)[:, None] * np.array([1.2, 0.0, 0.0]), (n, 1, 1))
 
 
 def make_file(path, sizes=(3, 5), n_per=6, **kw):
@@ -148,7 +156,7 @@ def test_subset_and_split(tmp_path):
     nested = sub.subset([1, 3])
     assert nested[1]["coord"].tolist() == ds[int(va[3])]["coord"].tolist()
     assert np.array_equal(sub.energies(), ds.energies()[va])
-    only_h = SizeGroupedDataset(write_h5(tmp_path / "h.h5", {2: {"coord": np.zeros((2, 2, 3)),
+    only_h = SizeGroupedDataset(write_h5(tmp_path / "h.h5", {2: {"coord": spread(2, 2),
                                                                   "numbers": [[1, 1], [1, 8]],
                                                                   "charge": [0, 0], "energy": [-1.0, -2.0]}}))
     assert only_h.subset([0]).elements == [1] and only_h.subset([0]).element_counts().tolist() == [[2]]
@@ -252,7 +260,7 @@ def test_fit_sae_recovers_values_despite_outliers(tmp_path):
 
 def test_fit_sae_keeps_rare_element(tmp_path, caplog):
     groups = make_groups((5,), 200, sae=SAE0, elements=[1, 6, 8], seed=11, noise=1e-3)
-    rare = {"coord": np.zeros((2, 5, 3)), "numbers": [[16, 1, 1, 6, 8], [16, 16, 1, 1, 8]],
+    rare = {"coord": spread(2, 5), "numbers": [[16, 1, 1, 6, 8], [16, 16, 1, 1, 8]],
             "charge": [0, 0], "energy": [0.0, 0.0]}
     e_s = -10831.5
     rare["energy"] = [sum(SAE0.get(z, e_s) for z in row) for row in rare["numbers"]]
@@ -572,7 +580,7 @@ def test_build_loaders_errors(tmp_path):
 
 def test_build_loaders_rare_elements_and_validation_only_element(tmp_path, caplog):
     groups = make_groups((3,), 30, seed=6, elements=[1, 6, 8])
-    groups[4] = {"coord": np.zeros((1, 4, 3), np.float32), "numbers": [[16, 1, 1, 8]], "charge": [0.0],
+    groups[4] = {"coord": spread(1, 4).astype(np.float32), "numbers": [[16, 1, 1, 8]], "charge": [0.0],
                  "energy": [-12900.0]}
     f0 = write_h5(tmp_path / "rare.h5", groups)
     with caplog.at_level(logging.INFO, logger="aimnet2mult.data.loaders"):

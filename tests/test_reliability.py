@@ -298,3 +298,73 @@ def test_dense_input_too_large_is_refused(files):
     n = 2100
     with pytest.raises(Exception, match="give large systems in the flat layout"):
         pot({"coord": torch.rand(1, n, 3) * 40.0, "numbers": torch.ones(1, n, dtype=torch.long)})
+
+
+def _h5(path, groups):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for name, g in groups.items():
+            grp = f.create_group(str(name))
+            for k, v in g.items():
+                grp.create_dataset(k, data=np.asarray(v))
+    return path
+
+
+def _water_group(n=2, **extra):
+    coord = np.tile(np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]), (n, 1, 1))
+    g = {"coord": coord, "numbers": np.tile([8, 1, 1], (n, 1)), "charge": np.zeros(n), "energy": np.full(n, -2000.0)}
+    g.update(extra)
+    return g
+
+
+@pytest.mark.parametrize("change,message", [
+    ("coincident", "atoms 0 and 1 of row 1 are 0 Å apart \\(closer than 0.1 Å: coincident atoms\\)"),
+    ("close", "atoms 0 and 1 of row 1 are 0.05 Å apart"),
+    ("Forces", "key 'Forces': unknown key; did you mean 'forces'\\?"),
+    ("leading_zero", "group '03': group name has leading zeros; name it '3'"),
+    ("charge_1e6", "total charge 1e\\+06 leaves -999990 electrons"),
+    ("charge_half", "total charge 0.5 is not an integer"),
+    ("mult_half", "multiplicity 1.5 is not an integer"),
+])
+def test_training_data_the_potential_would_refuse(tmp_path, change, message):
+    from aimnet2mult.data.h5dataset import DataError, SizeGroupedDataset
+
+    g = _water_group()
+    groups = {"3": g}
+    if change in ("coincident", "close"):
+        g["coord"][1, 1] = g["coord"][1, 0] + (0.0 if change == "coincident" else [0.05, 0, 0])
+    elif change == "Forces":
+        g["Forces"] = np.zeros((2, 3, 3))
+    elif change == "leading_zero":
+        groups = {"3": g, "03": _water_group()}
+    elif change == "charge_1e6":
+        g["charge"] = np.array([0.0, 1e6])
+    elif change == "charge_half":
+        g["charge"] = np.array([0.0, 0.5])
+    elif change == "mult_half":
+        g["mult"] = np.array([1.0, 1.5])
+    path = _h5(tmp_path / "d.h5", groups)
+    with pytest.raises(DataError, match=message) as err:
+        SizeGroupedDataset(path)
+    assert str(path) in str(err.value)
+
+
+def test_unit_and_spin_plausibility_warnings(tmp_path, caplog):
+    import logging
+
+    from aimnet2mult.data.h5dataset import SizeGroupedDataset
+
+    bohr = _water_group()
+    bohr["coord"] = bohr["coord"] / 0.529177210903
+    with caplog.at_level(logging.WARNING):
+        SizeGroupedDataset(_h5(tmp_path / "bohr.h5", {"3": bohr}))
+    assert "are the coordinates in Bohr?" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        SizeGroupedDataset(_h5(tmp_path / "mult.h5", {"3": _water_group(mult=np.array([1.0, 2.0]))}))
+    assert "row 1: 10 electrons (charge 0) cannot have multiplicity 2" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        SizeGroupedDataset(_h5(tmp_path / "ok.h5", {"3": _water_group()}))
+    assert caplog.text == ""

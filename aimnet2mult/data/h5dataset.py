@@ -51,6 +51,38 @@ ITEM_DTYPES = {"coord": np.float32, "numbers": np.int64, "charge": np.float32, "
 MAX_Z = 118
 #: values read at once while validating (bounds memory for large groups)
 _CHUNK_VALUES = 4_000_000
+#: atoms closer than this (Å) are refused, the same limit the exported potential enforces
+MIN_DISTANCE = 0.1
+
+
+def _close_key(key: str) -> Optional[str]:
+    """The known key an unknown one probably meant (case or a small typo), else None."""
+    import difflib
+
+    known = REQUIRED_KEYS + OPTIONAL_KEYS
+    for k in known:
+        if key.lower() == k.lower():
+            return k
+    match = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.8)
+    return match[0] if match else None
+
+
+def closest_pairs(coord: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """coord (n, N, 3) -> (shortest distance (n,), index pair (n, 2)) of each molecule; inf for N < 2."""
+    n, natoms = coord.shape[:2]
+    dmin = np.full(n, np.inf)
+    pair = np.zeros((n, 2), dtype=np.int64)
+    if natoms < 2:
+        return dmin, pair
+    iu, ju = np.triu_indices(natoms, 1)
+    step = max(1, 2_000_000 // len(iu))
+    for a in range(0, n, step):
+        c = coord[a:a + step].astype(np.float64)
+        d = np.linalg.norm(c[:, iu] - c[:, ju], axis=-1)
+        k = d.argmin(axis=1)
+        dmin[a:a + step] = d[np.arange(len(d)), k]
+        pair[a:a + step] = np.stack([iu[k], ju[k]], axis=1)
+    return dmin, pair
 
 
 class DataError(ValueError):
@@ -223,6 +255,9 @@ class SizeGroupedDataset(_View):
                                 "only groups named by atom count")
             if not (name.isascii() and name.isdigit()) or int(name) < 1:
                 raise DataError(f"{_where(path, name)}: group name is not a positive integer atom count")
+            if name != str(int(name)):
+                raise DataError(f"{_where(path, name)}: group name has leading zeros; name it '{int(name)}' (two "
+                                f"groups such as '{int(name)}' and '{name}' would both mean {int(name)} atoms)")
             groups.append((int(name), name))
         groups.sort()
 
@@ -235,6 +270,7 @@ class SizeGroupedDataset(_View):
         comp_parts = []  # (start, zs, counts) per chunk
         self._mem: Dict[str, Dict[str, np.ndarray]] = {}
         total = 0
+        shortest: List[Tuple[float, str, int]] = []  # (median shortest H-X distance, group, n) for the unit check
         for natoms, name in groups:
             grp = fh[name]
             n = self._check_group(grp, name, natoms)
@@ -288,6 +324,8 @@ class SizeGroupedDataset(_View):
                     continue
                 for key in ("coord",) + tuple(k for k in LABEL_KEYS if k in present):
                     arr = self._read_checked(grp, name, key, a, b, check=check_finite)
+                    if key == "coord":
+                        self._check_geometry(name, a, arr, num, shortest)
                     if mem is not None:
                         mem.setdefault(key, []).append(arr.astype(ITEM_DTYPES[key]))
             if mem is not None:
@@ -296,6 +334,12 @@ class SizeGroupedDataset(_View):
 
         if total == 0:
             raise DataError(f"{path}: empty file: no molecules in any group")
+        self._check_electrons(charge, mult, comp_parts)
+        if shortest:
+            med = float(np.median([s for s, _, _ in shortest]))
+            if med > 1.6:
+                log.warning("%s: the median shortest distance from a hydrogen atom is %.2f (typical X-H bonds are "
+                            "0.95-1.1 Å): are the coordinates in Bohr? This format needs Å", path, med)
         self._n_atoms_all = np.concatenate(n_atoms)
         self._energy_all = np.concatenate(energy)
         self._charge_all = np.concatenate(charge)
@@ -317,8 +361,66 @@ class SizeGroupedDataset(_View):
             log.info("%s: label(s) %s present for only part of the molecules (masked per molecule)",
                      path, ", ".join(partial))
 
+    def _check_geometry(self, name: str, start: int, coord: np.ndarray, numbers: np.ndarray,
+                        shortest: List[Tuple[float, str, int]]) -> None:
+        """Coincident or too-close atoms are errors (the exported potential would refuse them)."""
+        dmin, pair = closest_pairs(coord)
+        bad = np.nonzero(dmin < MIN_DISTANCE)[0]
+        if len(bad):
+            r = int(bad[0])
+            raise DataError(f"{_where(self._path, name, 'coord')}: atoms {pair[r, 0]} and {pair[r, 1]} of row "
+                            f"{start + r} are {dmin[r]:.3g} Å apart (closer than {MIN_DISTANCE} Å: coincident "
+                            f"atoms); {len(bad)} such molecule(s) in rows {start}..{start + len(coord) - 1}")
+        has_h = (numbers == 1).any(axis=1)
+        if has_h.any() and coord.shape[1] >= 2:
+            rows = np.nonzero(has_h)[0][:64]
+            c = coord[rows].astype(np.float64)
+            d = np.linalg.norm(c[:, :, None] - c[:, None], axis=-1)
+            d[:, np.arange(c.shape[1]), np.arange(c.shape[1])] = np.inf
+            d = np.where((numbers[rows] == 1)[:, :, None], d, np.inf).min(axis=(1, 2))
+            shortest.append((float(np.median(d)), name, len(rows)))
+
+    def _check_electrons(self, charge, mult, comp_parts) -> None:
+        """Integer charges, a non-negative electron count and a multiplicity of matching parity."""
+        q = np.concatenate(charge).astype(np.float64)
+        m = np.concatenate(mult).astype(np.float64)
+        zsum = np.zeros(len(q), dtype=np.int64)
+        for start, zs, cnt in comp_parts:
+            zsum[start:start + len(cnt)] += cnt @ zs
+        def where(i: int) -> str:
+            g = self._group_start_name(i)
+            return f"{_where(self._path, g[0], 'charge')}: row {g[1]}"
+
+        bad = np.nonzero(np.abs(q - np.round(q)) > 1e-6)[0]
+        if len(bad):
+            raise DataError(f"{where(bad[0])}: total charge {q[bad[0]]} is not an integer")
+        bad = np.nonzero(np.abs(m - np.round(m)) > 1e-6)[0]
+        if len(bad):
+            raise DataError(f"{where(bad[0])}: multiplicity {m[bad[0]]} is not an integer (2S+1)")
+        electrons = zsum - np.round(q).astype(np.int64)
+        bad = np.nonzero(electrons < 0)[0]
+        if len(bad):
+            raise DataError(f"{where(bad[0])}: total charge {q[bad[0]]:g} leaves {electrons[bad[0]]} electrons")
+        unpaired = np.round(m).astype(np.int64) - 1
+        bad = np.nonzero(((electrons - unpaired) % 2 != 0) | (unpaired > electrons))[0]
+        if len(bad):  # a warning: the data may use another convention, but usually this is a mistake
+            i = int(bad[0])
+            log.warning("%s: %d electrons (charge %g) cannot have multiplicity %g; %d molecule(s) have an "
+                        "impossible charge/multiplicity pair", where(i), electrons[i], q[i], m[i], len(bad))
+
+    def _group_start_name(self, i: int) -> Tuple[str, int]:
+        g = int(np.searchsorted(self._group_start, i, side="right") - 1)
+        return self._groups[g], i - self._group_start[g]
+
     def _check_group(self, grp: h5py.Group, name: str, natoms: int) -> int:
         path = self._path
+        for key in grp:
+            if key not in REQUIRED_KEYS + OPTIONAL_KEYS:
+                close = _close_key(key)
+                if close is not None:
+                    raise DataError(f"{_where(path, name, key)}: unknown key; did you mean '{close}'? (keys are "
+                                    "case-sensitive, and an unknown key is ignored, so this label would not be "
+                                    "trained)")
         missing = [k for k in REQUIRED_KEYS if k not in grp]
         if missing:
             raise DataError(f"{_where(path, name)}: missing required key(s) {', '.join(missing)} "
