@@ -355,6 +355,8 @@ def test_unit_and_spin_plausibility_warnings(tmp_path, caplog):
 
     from aimnet2mult.data.h5dataset import SizeGroupedDataset
 
+    logging.getLogger("aimnet2mult").propagate = True  # training tests in this process may have stopped it
+
     bohr = _water_group()
     bohr["coord"] = bohr["coord"] / 0.529177210903
     with caplog.at_level(logging.WARNING):
@@ -368,3 +370,29 @@ def test_unit_and_spin_plausibility_warnings(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         SizeGroupedDataset(_h5(tmp_path / "ok.h5", {"3": _water_group()}))
     assert caplog.text == ""
+
+
+def test_open_shell_data_on_a_closed_shell_model_and_hartree_energies(tmp_path, caplog):
+    import logging
+
+    from aimnet2mult.data.loaders import build_loaders
+    from aimnet2mult.model_config import ConfigError
+    from test_train import _train_api
+
+    # energies in Hartree: water -76.4, H2 -1.17 -> fitted SAE of H about -0.585 "eV"
+    water = _water_group(4)
+    water["energy"] = np.array([-76.40, -76.41, -76.39, -76.42])
+    h2 = {"coord": np.tile([[0.0, 0.0, 0.0], [0.74, 0.0, 0.0]], (4, 1, 1)), "numbers": np.ones((4, 2), int),
+          "charge": np.zeros(4), "energy": np.array([-1.17, -1.171, -1.169, -1.17])}
+    hw = _h5(tmp_path / "hartree.h5", {"3": water, "2": h2})
+    logger = logging.getLogger("aimnet2mult")
+    logger.addHandler(caplog.handler)  # training tests in this process may have stopped propagation
+    try:
+        with caplog.at_level(logging.WARNING, logger="aimnet2mult"):
+            build_loaders({"fidelity_datasets": {0: str(hw)}, "val_fraction": 0.0}, 0, 200)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "are the energies in Hartree?" in caplog.text
+    spin = _h5(tmp_path / "spin.h5", {"3": _water_group(4, mult=np.array([1.0, 3.0, 1.0, 1.0]))})
+    with pytest.raises(ConfigError, match="spin.h5 has 1 molecule\\(s\\) with multiplicity != 1 \\(e.g. 3\\)"):
+        _train_api(tmp_path, {0: spin}, epochs=1)

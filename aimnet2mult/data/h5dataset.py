@@ -142,6 +142,10 @@ class _View:
         """Atoms per sample, int64 (n_samples,)."""
         return self._take(self._root._n_atoms_all)
 
+    def mults(self) -> np.ndarray:
+        """Spin multiplicity per sample, float32 (n_samples,) (1 where the file has no 'mult')."""
+        return self._take(self._root._mult_all)
+
     def energies(self) -> np.ndarray:
         """Reference energies (eV, float64) of all samples, without reading coordinates."""
         return self._take(self._root._energy_all)

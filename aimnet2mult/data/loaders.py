@@ -177,6 +177,10 @@ def build_loaders(data_cfg: Mapping[str, Any], seed: int, fidelity_offset: int, 
         else:
             sae[f] = fit_sae(train_ds, seed=seed)
             sae_sources[f] = "fitted"
+            if 1 in sae[f] and -0.7 < sae[f][1] < -0.3:
+                log.warning("fidelity %d: the SAE of H fitted on %s is %.3f eV, close to the H atom's -0.5 Hartree: "
+                            "are the energies in Hartree? This format needs eV (1 Hartree = 27.211 eV)", f, path,
+                            sae[f][1])
             log.info("fidelity %d: SAE fitted on %d training molecules of %s: %s", f, len(train_ds), path,
                      ", ".join(f"{symbol(z)} {v:.6f}" for z, v in sae[f].items()))
         elements = sorted(set(train_ds.elements) | set(val_ds.elements))
@@ -188,6 +192,10 @@ def build_loaders(data_cfg: Mapping[str, Any], seed: int, fidelity_offset: int, 
         info["elements"][f] = elements
         info["labels"][f] = sorted(set(train_ds.label_keys) | set(val_ds.label_keys))
         info["n_train"][f] = len(train_ds)
+        for ds in (train_ds, val_ds):
+            m = ds.mults()
+            if len(m) and (m != 1).any():
+                info.setdefault("open_shell_data", {})[f] = (ds.path, float(m[m != 1][0]), int((m != 1).sum()))
         info["n_val"][f] = len(val_ds)
         log.info("fidelity %d: %s: %d training, %d validation molecules; elements %s; labels %s", f, path,
                  len(train_ds), len(val_ds), format_elements(elements), ", ".join(info["labels"][f]) or "energy only")

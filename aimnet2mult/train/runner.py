@@ -159,6 +159,12 @@ class Trainer:
                                       f"fidelities, the configuration {num_fidelities(cfg)}")
         else:
             self.model_cfg = build_model_config(cfg, model_yaml, source)
+        spin = self.info.get("open_shell_data", {})
+        if spin and int(self.model_cfg["num_charge_channels"]) == 1:
+            f, (path, m, n) = sorted(spin.items())[0]
+            raise ConfigError(f"fidelity {f}: {path} has {n} molecule(s) with multiplicity != 1 (e.g. {m:g}), but "
+                              "the model is closed-shell (num_charge_channels: 1) and would ignore 'mult'; use "
+                              "num_charge_channels: 2 in the model YAML or remove those molecules")
         torch.manual_seed(int(cfg["seed"]))
         model = MultiFidelityAIMNet2(self.model_cfg)
         if source is not None and self.resume_ckpt is None:
