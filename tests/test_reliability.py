@@ -396,3 +396,25 @@ def test_open_shell_data_on_a_closed_shell_model_and_hartree_energies(tmp_path, 
     spin = _h5(tmp_path / "spin.h5", {"3": _water_group(4, mult=np.array([1.0, 3.0, 1.0, 1.0]))})
     with pytest.raises(ConfigError, match="spin.h5 has 1 molecule\\(s\\) with multiplicity != 1 \\(e.g. 3\\)"):
         _train_api(tmp_path, {0: spin}, epochs=1)
+
+
+def test_calculator_pickles_and_deep_copies(files):
+    import copy
+    import pickle
+
+    atoms = molecule("CH3CH2OH")
+    calc = AIMNet2Mult(files["pt"], fidelity=1, charge=0)
+    atoms.calc = calc
+    e = atoms.get_potential_energy()
+    for clone in (pickle.loads(pickle.dumps(calc)), copy.deepcopy(calc)):
+        other = molecule("CH3CH2OH")
+        other.calc = clone
+        assert other.get_potential_energy() == pytest.approx(e, abs=1e-9)
+        assert clone.parameters["fidelity"] == 1
+    jpt = AIMNet2Mult(files["fid0"])
+    assert isinstance(pickle.loads(pickle.dumps(jpt)), AIMNet2Mult)
+    from aimnet2mult.export import load_potential
+
+    module, _ = load_potential(files["fid0"])
+    with pytest.raises(TypeError, match="give the model as a file path"):
+        pickle.dumps(AIMNet2Mult(module))

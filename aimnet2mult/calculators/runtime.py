@@ -377,6 +377,16 @@ class ModelSource:
         else:
             raise TypeError(f"model must be a path, a checkpoint dict or a potential module, not {type(model).__name__}")
 
+    def __reduce__(self):
+        """Pickling / deep copies (multiprocessing, some OpenMM paths): a model given by path is
+        reloaded from that path, a checkpoint dict travels as it is; a module given in memory cannot."""
+        if self.path is not None:
+            return (ModelSource, (str(self.path), str(self.device), self.cache))
+        if self._ckpt is not None:
+            return (ModelSource, (self._ckpt, str(self.device), self.cache))
+        raise TypeError("a calculator or ModelSource built from a potential module in memory cannot be pickled or "
+                        "copied; give the model as a file path (.pt or .jpt) instead")
+
     @property
     def checkpoint(self) -> Optional[Dict[str, Any]]:
         """The checkpoint dict (None for a compiled potential or a module)."""
