@@ -418,3 +418,32 @@ def test_calculator_pickles_and_deep_copies(files):
     module, _ = load_potential(files["fid0"])
     with pytest.raises(TypeError, match="give the model as a file path"):
         pickle.dumps(AIMNet2Mult(module))
+
+
+def test_resume_refuses_a_changed_run(tmp_path):
+    import shutil
+
+    import synthetic
+    from aimnet2mult.checkpoint import CheckpointError
+    from helpers import SMALL
+    from test_train import _train_api
+
+    f0 = synthetic.write_h5(tmp_path / "a.h5", synthetic.make_samples(16, seed=8))
+    f1 = synthetic.write_h5(tmp_path / "b.h5", synthetic.make_samples(16, seed=9, scale=1.2), labels=())
+    half = _train_api(tmp_path, {0: f0, 1: f1}, epochs=1, save="half.pt")
+    last = str(tmp_path / "half_run" / "last.pt")
+    for extra, model, message in [
+        (["use_fidelity_readouts=false"], None, "use_fidelity_readouts: checkpoint True, configuration False"),
+        (["fidelity_offset=300"], None, "fidelity_offset: checkpoint 200, configuration 300"),
+        (["fidelity_schedule.pretrain_epochs=1", "fidelity_schedule.init_from.0=1"], None,
+         "fidelity_schedule.pretrain_epochs: checkpoint 0, configuration 1"),
+        ([], dict(SMALL, aim_size=48), "architecture aim_size: checkpoint 32, --model 48"),
+    ]:
+        kwargs = {"model": model} if model else {}
+        with pytest.raises(CheckpointError, match=message):
+            _train_api(tmp_path, {0: f0, 1: f1}, epochs=3, save="r.pt", extra=extra, resume=last, **kwargs)
+    # the same file name with other content
+    shutil.copy(synthetic.write_h5(tmp_path / "other.h5", synthetic.make_samples(16, seed=10)), f0)
+    with pytest.raises(CheckpointError, match="fidelity 0 train data .*a.h5: content differs"):
+        _train_api(tmp_path, {0: f0, 1: f1}, epochs=3, save="r.pt", resume=last)
+    assert half.exists()

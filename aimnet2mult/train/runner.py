@@ -29,6 +29,7 @@ from .engine import (EpochData, plain_state, TrainStep, build_optimizer, build_s
                      set_rng_state, summarize, unwrap)
 from .loss import MaskedMultiTaskLoss
 from .fidelity_init import copy_fidelity, parse_schedule
+from .resume_check import data_fingerprint, resume_differences
 from .transfer import transfer_weights
 
 log = logging.getLogger("aimnet2mult.train")
@@ -150,6 +151,7 @@ class Trainer:
                      self.info["files"][k], self.info["n_train"][k], self.info["n_val"].get(k, 0),
                      ",".join(self.info["labels"][k]) or "energy only", self.info["sae_sources"][k])
 
+        self.data_fingerprint = data_fingerprint(self.info)
         self.resume_ckpt = load_checkpoint(resume) if resume else None
         source = load_source(load) if load else None
         if self.resume_ckpt is not None:
@@ -157,6 +159,10 @@ class Trainer:
             if self.model_cfg["num_fidelities"] != num_fidelities(cfg):
                 raise CheckpointError(f"--resume {resume}: checkpoint has {self.model_cfg['num_fidelities']} "
                                       f"fidelities, the configuration {num_fidelities(cfg)}")
+            diffs = resume_differences(self.resume_ckpt, cfg, model_yaml, self.data_fingerprint)
+            if diffs:
+                raise CheckpointError(f"--resume {resume}: the run to resume differs from the checkpoint's run in: "
+                                      + "; ".join(diffs) + " (to start a new run from its weights use --load)")
         else:
             self.model_cfg = build_model_config(cfg, model_yaml, source)
         spin = self.info.get("open_shell_data", {})
@@ -193,7 +199,7 @@ class Trainer:
                  "scheduler": plain_state(self.scheduler.state_dict()) if self.scheduler is not None else None,
                  "epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration),
                  "epoch_complete": engine.state.iteration % max(len(self.train_loader), 1) == 0,
-                 "rng": rng_state(), "history": self.history, "best": self.best}
+                 "rng": rng_state(), "history": self.history, "best": self.best, "data": self.data_fingerprint}
         cfg = dict(self.cfg, model_config=self.model_cfg)
         return make_checkpoint(unwrap(self.model), self.model_cfg, self.fidelities, train_config=cfg,
                                training_state=state, source={"trained_with": f"aimnet2mult {__version__}"})
