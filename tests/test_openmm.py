@@ -486,3 +486,30 @@ def test_nve_energy_conservation_torchforce(wb97m):
     print(f"OpenMM NVE drift {drift:.4f} kJ/mol, max |dE| {np.abs(etot - etot[0]).max():.4f} kJ/mol")
     assert drift < 0.5
     assert np.abs(etot - etot[0]).max() < 1.0
+
+
+def test_torchforce_for_more_atoms_than_the_system(wb97m, tmp_path):
+    atoms = acetone()
+    module, _ = torch_force_module(wb97m["pt"], 0, numbers=atoms.numbers)
+    with pytest.raises(Exception, match="the System has only 8 particles"):
+        module(torch.tensor(atoms.positions[:8] / 10.0))
+    # the same through a real OpenMM Context (in a subprocess: openmm-torch wheels can segfault)
+    code = textwrap.dedent(f"""
+        import torch, openmm, numpy as np
+        from ase.build import molecule
+        from aimnet2mult.openmm import create_torch_force
+        atoms = molecule("CH3COCH3")
+        force = create_torch_force({str(wb97m["pt"])!r}, 0, numbers=atoms.numbers)
+        system = openmm.System()
+        for m in atoms.get_masses()[:8]:
+            system.addParticle(float(m))
+        system.addForce(force)
+        ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions(atoms.positions[:8] / 10.0)
+        try:
+            ctx.getState(getEnergy=True)
+        except Exception as exc:
+            print("ERROR:", exc)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "the System has only 8 particles" in res.stdout + res.stderr, res.stderr[-2000:]

@@ -77,6 +77,10 @@ class AIMNet2MultTorchForceModule(nn.Module):
         self.cutoff = float(cutoff)
 
     def forward(self, positions: Tensor, boxvectors: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        if self.indices.shape[0] > 0 and int(self.indices.max()) >= positions.shape[0]:
+            raise ValueError("this aimnet2mult TorchForce was built for a topology whose ML atoms reach particle "
+                             "index {}, but the System has only {} particles: build the force from the "
+                             "System's own topology".format(int(self.indices.max()), positions.shape[0]))
         pos = positions.to(torch.float64)[self.indices] * self.length_scale
         inp: Dict[str, Tensor] = {"charge": self.charge, "mult": self.mult}
         if boxvectors is not None:
