@@ -13,8 +13,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from aimnet2mult.data import (DataError, MixedFidelityBatchSampler, MixedFidelityDataset, SizeGroupedDataset,
-                              build_loaders, collate, fit_sae, read_sae, split_indices, write_sae)
+from aimnet2mult.data import (
+    DataError,
+    MixedFidelityBatchSampler,
+    MixedFidelityDataset,
+    SizeGroupedDataset,
+    build_loaders,
+    collate,
+    fit_sae,
+    read_sae,
+    split_indices,
+    write_sae,
+)
 from aimnet2mult.data.sae import SAEError, fit_sae_details
 from aimnet2mult.train import calc_sae
 
@@ -601,3 +611,30 @@ def test_dataset_pickles_for_spawned_workers(tmp_path):
     first = ds[3]
     clone = pickle.loads(pickle.dumps(ds.subset([3, 4])))
     np.testing.assert_array_equal(clone[0]["coord"], first["coord"])
+
+
+def test_corrupted_chunk_names_file_group_and_key(tmp_path):
+    """A damaged gzip chunk (bytes overwritten on disk) gives an error naming file, group and key,
+    both when the file is validated and when a lazy read hits it later."""
+    path = tmp_path / "corrupt.h5"
+    n = 2000
+    coord = spread(n, 3) + np.random.default_rng(0).normal(0, 0.01, (n, 3, 3))
+    with h5py.File(path, "w") as f:
+        g = f.create_group("3")
+        g.create_dataset("coord", data=coord, chunks=(100, 3, 3), compression="gzip")
+        g.create_dataset("numbers", data=np.tile([8, 1, 1], (n, 1)))
+        g.create_dataset("charge", data=np.zeros(n))
+        g.create_dataset("energy", data=np.full(n, -2000.0))
+        offset = g["coord"].id.get_chunk_info(5).byte_offset
+    good = path.read_bytes()
+    damaged = bytearray(good)
+    damaged[offset:offset + 40] = b"\0" * 40
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match=f"{path}: group '3': key 'coord': rows 0..1999 cannot be read"):
+        SizeGroupedDataset(path)
+    path.write_bytes(good)
+    ds = SizeGroupedDataset(path)  # validated while intact, damaged afterwards
+    ds.close()
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match=f"{path}: group '3': key 'coord': row 500 cannot be read"):
+        ds[500]

@@ -462,7 +462,11 @@ class SizeGroupedDataset(_View):
         return int(n)
 
     def _read_checked(self, grp: h5py.Group, name: str, key: str, a: int, b: int, check: bool) -> np.ndarray:
-        arr = grp[key][a:b]
+        try:
+            arr = grp[key][a:b]
+        except (OSError, RuntimeError) as exc:  # e.g. a corrupted or truncated chunk
+            raise DataError(f"{_where(self._path, name, key)}: rows {a}..{b - 1} cannot be read: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         if check and np.issubdtype(arr.dtype, np.floating):
             finite = np.isfinite(arr)
             if not finite.all():
@@ -499,7 +503,11 @@ class SizeGroupedDataset(_View):
             if mem is not None:
                 out[key] = mem[key][row].copy()
             else:
-                out[key] = np.asarray(self._dataset(name, key)[row], dtype=ITEM_DTYPES[key])
+                try:
+                    out[key] = np.asarray(self._dataset(name, key)[row], dtype=ITEM_DTYPES[key])
+                except (OSError, KeyError, RuntimeError) as exc:  # e.g. a corrupted chunk, a file changed on disk
+                    raise DataError(f"{_where(self._path, name, key)}: row {row} cannot be read: "
+                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         out["charge"] = np.asarray(self._charge_all[i], dtype=np.float32)
         out["mult"] = np.asarray(self._mult_all[i], dtype=np.float32)
         out["energy"] = np.asarray(self._energy_all[i], dtype=np.float64)
