@@ -1,6 +1,6 @@
 # aimnet2mult: the two commands of the README.
 #   make demo   set up .venv (if missing) and run the main job
-#   make test   set up .venv (if missing) and run the test suite
+#   make test   set up .venv (if missing), lint (ruff) and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.aimnet2mult-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv test demo bench clean
+.PHONY: venv lint test demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check aimnet2mult bench tests examples
+
+test: lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: $(STAMP)

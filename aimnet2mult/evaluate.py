@@ -135,7 +135,8 @@ def evaluate_files(paths: Sequence[Union[str, Path]], model: Any, fidelity: Unio
 def format_row(r: Dict[str, Any]) -> str:
     f = f"{r['F_mae']:10.3f}" if "F_mae" in r else f"{'-':>10}"
     q = f"{r['q_mae']:9.4f}" if "q_mae" in r else f"{'-':>9}"
-    return f"{Path(r['file']).name:<26}{r['fidelity']:>4}  {r['n_molecules']:>6}{r['E_mae']:10.3f}{r['E_rmse']:10.3f}{f}{q}"
+    return (f"{Path(r['file']).name:<26}{r['fidelity']:>4}  {r['n_molecules']:>6}"
+            f"{r['E_mae']:10.3f}{r['E_rmse']:10.3f}{f}{q}")
 
 
 HEADER = f"{'file':<26}{'fid':>4}  {'n_mol':>6}{'E MAE':>10}{'E RMSE':>10}{'F MAE':>10}{'q MAE':>9}"
@@ -151,9 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .io_utils import atomic_write_text
-
-    from .io_utils import refuse_to_overwrite_inputs
+    from .io_utils import atomic_write_text, refuse_to_overwrite_inputs
 
     if args.json:
         refuse_to_overwrite_inputs([args.json], list(args.data) + [args.model], "evaluate --json")

@@ -19,8 +19,14 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 
 from . import __version__
-from .checkpoint import (LABELLED_OUTPUTS, CheckpointError, build_model, checkpoint_hash, fidelity_index,
-                         load_checkpoint, trained_outputs)
+from .checkpoint import (
+    LABELLED_OUTPUTS,
+    CheckpointError,
+    checkpoint_hash,
+    fidelity_index,
+    load_checkpoint,
+    trained_outputs,
+)
 from .elements import SYMBOLS
 from .io_utils import atomic_write
 from .nn.onednn import ONEDNN_PRODUCTS
@@ -49,7 +55,8 @@ def single_fidelity_state(ckpt: Dict[str, Any], k: int) -> Tuple[Dict[str, Any],
         elif key.startswith("readouts."):
             head, rest = key.split(".", 2)[1], key.split(".", 2)[2]
             if shared:
-                state[f"readouts.0.{rest}"] = value[k * off:(k + 1) * off].clone() if rest == "shifts" else value.clone()
+                state[f"readouts.0.{rest}"] = (value[k * off:(k + 1) * off].clone() if rest == "shifts"
+                                               else value.clone())
             elif int(head) == k:
                 state[f"readouts.0.{rest}"] = value.clone()
         else:
@@ -261,7 +268,8 @@ def read_metadata(path: Union[str, Path]) -> Dict[str, Any]:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.endswith("extra/" + METADATA_FILE)]
             if not names:
-                raise ValueError(f"{path}: TorchScript file without aimnet2mult metadata (not an aimnet2mult potential)")
+                raise ValueError(f"{path}: TorchScript file without aimnet2mult metadata "
+                                 "(not an aimnet2mult potential)")
             return json.loads(zf.read(names[0]))
     except zipfile.BadZipFile:
         raise ValueError(f"{path}: not a TorchScript potential file") from None

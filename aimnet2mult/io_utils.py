@@ -28,7 +28,8 @@ def refuse_to_overwrite_inputs(outputs: Sequence[Union[str, Path]], inputs: Sequ
                 continue
             i = Path(inp).expanduser()
             if same(o, i):
-                raise ValueError(f"{command}: refusing to write {o} over the input file {i}; choose another output name")
+                raise ValueError(f"{command}: refusing to write {o} over the input file {i}; "
+                                 "choose another output name")
 
 
 def atomic_write(path: Union[str, Path], write: Callable[[str], None]) -> Path:

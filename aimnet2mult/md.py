@@ -236,12 +236,12 @@ def _openmm_platform(name: Optional[str]):
 
 def run_openmm(atoms, source, fidelity, charge, mult, args, traj_path: Path,
                rows: Optional[List[Dict[str, float]]] = None) -> List[Dict[str, float]]:
+    import openmm
+    from ase.io import write
+    from openmm import unit
+
     from .calculators import ModelSource
     from .openmm.torchforce import create_torch_force
-
-    import openmm
-    from openmm import unit
-    from ase.io import write
 
     top = openmm_topology(atoms)
     system = openmm.System()

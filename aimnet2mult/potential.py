@@ -41,9 +41,9 @@ from torch import Tensor, nn
 
 from .nn import nbops
 from .nn.geometry import flat_geometry_vjp, min_real_distance
-from .nn.onednn import PackedWeights
 from .nn.model import MultiFidelityAIMNet2
 from .nn.neighbors import TorchCellList
+from .nn.onednn import PackedWeights
 
 #: closer than this (Å), two atoms are taken to be at the same position: an input error
 MIN_DISTANCE = 0.1

@@ -37,9 +37,9 @@ export of the same member with ``shift_dtype`` float64; that file is only used f
 
 Molecules (H, C, N, O; deterministic): an acyclic chain whose backbone repeats C-C-O-C-C-N
 (a methyl start; the last backbone atom keeps its hydrogens: CH3, NH2 or OH end), with the atom
-count closest to each size asked for (9, 20, 50, 99, 300 atoms by default), bond lengths 1.43-1.53 Å, angles 111°, torsions (180, 180, 60) repeating, hydrogens
-placed tetrahedrally — a rod (~100 Å at 300 atoms), no contacts closer than 3.7 Å between backbone
-atoms four or more bonds apart.
+count closest to each size asked for (9, 20, 50, 99, 300 atoms by default), bond lengths 1.43-1.53 Å,
+angles 111°, torsions (180, 180, 60) repeating, hydrogens placed tetrahedrally — a rod (~100 Å at
+300 atoms), no contacts closer than 3.7 Å between backbone atoms four or more bonds apart.
 
 OpenMP wait policy: the caller's ``OMP_WAIT_POLICY`` (unset = libgomp's default: waiting threads
 spin for a while, then sleep; recorded in the JSON). It changes the ratios: with sleeping waits
@@ -294,6 +294,7 @@ def mlp_matmuls(module, rows: int, library: str = "blas"):
     once (``aimnet2mult.nn.onednn.PackedWeights``), the products aimnet2mult's exported potentials
     run on CPU in float32."""
     import torch
+
     from aimnet2mult.nn.onednn import ONEDNN_PRODUCTS, onednn_linear, pack_weight
 
     if library not in ("blas", "onednn"):
@@ -326,6 +327,7 @@ def mlp_matmuls(module, rows: int, library: str = "blas"):
 
 def run(args):
     import torch
+
     from aimnet2mult.nn.onednn import ONEDNN_PRODUCTS as ONEDNN
 
     load0 = machine_load()
@@ -482,12 +484,14 @@ def print_table(result):
     rows = result["rows"]
     arms = list(rows[0]["ms_per_call"]) if rows else []
     width = {a: max(20, len(a) + 5) for a in arms}
-    head = f"{'atoms':>6} " + "".join(f"{a + ' ms':>{width[a]}}" for a in arms) + f"{'ours/official':>15}{'ours/aimnet':>13}"
+    head = (f"{'atoms':>6} " + "".join(f"{a + ' ms':>{width[a]}}" for a in arms)
+            + f"{'ours/official':>15}{'ours/aimnet':>13}")
     head += f"{'cold ours/off.':>16}{'cold ours/aimnet':>18}{'dE off. eV':>12}{'dE aimnet eV':>14}"
     block = rows[0].get("block", 1) if rows else 1
     how = (f"median of the warm calls of interleaved blocks of {block} calls per arm; 'cold' = first call of "
            "each block" if block > 1 else "median of interleaved single calls")
-    print(f"\nEnergy + forces per call, CPU ({result.get('cpu_model', '?')}), {result['threads']} threads (OMP_WAIT_POLICY={result['omp_wait_policy']}), "
+    print(f"\nEnergy + forces per call, CPU ({result.get('cpu_model', '?')}), {result['threads']} threads "
+          f"(OMP_WAIT_POLICY={result['omp_wait_policy']}), "
           f"torch {result['torch']}, weights {result['weights']} ({how}; load average "
           f"{_load_str(result['load_at_start'])} at start)")
     print(head)
@@ -502,7 +506,8 @@ def print_table(result):
         print(line)
     print("ours = aimnet2mult's exported file on the neighbour-list layout (what its calculators use); "
           "dE = |E_ours - E_peer|; mlp_matmuls = the dense-layer products alone (forward + input gradient, "
-          "same weights) by BLAS as the peers run them: " + ", ".join(f"{r['matmul_floor_vs_official']:.2f}x" for r in rows)
+          "same weights) by BLAS as the peers run them: "
+          + ", ".join(f"{r['matmul_floor_vs_official']:.2f}x" for r in rows)
           + " of the official member's time; mlp_matmuls_onednn = the same by oneDNN with packed weights, as "
           "ours runs them: " + ", ".join(f"{r['matmul_onednn_vs_official']:.2f}x" for r in rows
                                          if r.get("matmul_onednn_vs_official") is not None))

@@ -101,11 +101,12 @@ def main() -> int:
     results = {}
     for arm, path in models.items():
         rows = evaluate_files([data_dir() / f for f in TEST_FILES], str(path), 0)
-        results[arm] = {Path(r["file"]).name: {k: r.get(k) for k in ("n_molecules", "E_mae", "E_rmse", "F_mae", "F_rmse")}
+        results[arm] = {Path(r["file"]).name: {k: r.get(k)
+                                               for k in ("n_molecules", "E_mae", "E_rmse", "F_mae", "F_rmse")}
                         for r in rows}
         results[arm]["model"] = str(path)
     arms = [a for a in models if a != "single"]
-    print(f"\nfidelity-0 (B3LYP/6-31G*) errors; E in kcal/mol, F in kcal/mol/Å; ratio = arm / single-fidelity")
+    print("\nfidelity-0 (B3LYP/6-31G*) errors; E in kcal/mol, F in kcal/mol/Å; ratio = arm / single-fidelity")
     print(f"{'test set':<24}{'metric':<8}{'single':>10}" + "".join(f"{a[:18]:>20}{'ratio':>8}" for a in arms))
     ratios = {}
     for f in TEST_FILES:

@@ -98,9 +98,9 @@ def one_arm(arm: str, jpt: str, target_atoms: int, steps: int, warmup: int, thre
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
     import openmm
+    from bench_inference import molecule, official_file, official_member
     from openmm import unit
 
-    from bench_inference import molecule, official_file, official_member
     from aimnet2mult.md import openmm_topology
 
     atoms = molecule(target_atoms)

@@ -162,7 +162,8 @@ def collect(specs: list) -> list:
 def summary(rows: list, arms: list) -> str:
     single = {(r["n_high"], r["steps"]): r["E_mae"] for r in rows if r["arm"] == "single"}
     delta = {(r["n_high"], r["steps"]): r["E_mae"] for r in rows if r["arm"] == "delta"}
-    lines = ["| N_high | N_low | steps | arm | E MAE (kcal/mol) | / single | / Delta |", "|---|---|---|---|---|---|---|"]
+    lines = ["| N_high | N_low | steps | arm | E MAE (kcal/mol) | / single | / Delta |",
+             "|---|---|---|---|---|---|---|"]
     order = {a: i for i, a in enumerate(arms)}
     for r in sorted(rows, key=lambda r: (r["steps"], r["n_high"], r["n_low"], order.get(r["arm"], 99))):
         s, d = single.get((r["n_high"], r["steps"])), delta.get((r["n_high"], r["steps"]))

@@ -23,9 +23,9 @@ def measure(files, in_memory, workers, iterations, batch_size):
     from aimnet2mult.data.loaders import build_loaders
     from aimnet2mult.model_config import model_config
     from aimnet2mult.nn.model import MultiFidelityAIMNet2
+    from aimnet2mult.train.config import default_train_config, normalize
     from aimnet2mult.train.engine import TrainStep, build_optimizer
     from aimnet2mult.train.loss import MaskedMultiTaskLoss
-    from aimnet2mult.train.config import default_train_config, normalize
 
     cfg = default_train_config()
     cfg["data"]["fidelity_datasets"] = {k: str(f) for k, f in enumerate(files)}

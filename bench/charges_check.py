@@ -70,7 +70,8 @@ def main() -> int:
                    "pearson_r_vs_gfn2": float(np.corrcoef(p, r)[0, 1]), "mae_vs_gfn2_e": float(np.abs(p - r).mean()),
                    "mean_abs_coulomb_kcal_mol": float(np.abs(e_coul).mean() * EV_TO_KCAL_PER_MOL) if e_coul else 0.0,
                    "n_molecules": len(mols), "n_atoms": int(len(p))}
-    print(f"{path}: charges of {len(mols)} bundled B3LYP test molecules against GFN2-xTB (tblite) at the same geometries")
+    print(f"{path}: charges of {len(mols)} bundled B3LYP test molecules against GFN2-xTB (tblite) "
+          "at the same geometries")
     print(f"{'fid':>4} {'name':<14}{'trained':>9}{'Pearson r':>11}{'MAE (e)':>9}{'|E_coul| (kcal/mol)':>21}")
     for k, r in rows.items():
         print(f"{k:>4} {r['name']:<14}{str(r['charges_trained']):>9}{r['pearson_r_vs_gfn2']:>11.3f}"

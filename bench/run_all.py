@@ -22,8 +22,9 @@ OpenMP wait policy: ``inference`` and ``openmm`` run once per policy in ``--omp-
 (``default`` = ``OMP_WAIT_POLICY`` unset, libgomp's spin-then-sleep, what a user gets;
 ``PASSIVE`` = waiting threads sleep; ``ACTIVE`` = they spin). The policy changes the ratios on
 2 threads: sleeping waits add a thread wake-up to every parallel operator, which costs the dense
-all-pairs layout of the official member far more than aimnet2mult's neighbour lists. The first policy's results are written to
-``--out``, the others to ``--out/omp_<policy>/``; ``scale`` and ``train`` run under the first only.
+all-pairs layout of the official member far more than aimnet2mult's neighbour lists. The first
+policy's results are written to ``--out``, the others to ``--out/omp_<policy>/``; ``scale`` and
+``train`` run under the first only.
 """
 
 import argparse
@@ -41,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_inference import cpu_model  # noqa: E402
+
 BENCHES = ["inference", "openmm", "scale", "train"]
 POLICY_SENSITIVE = ("inference", "openmm")  # run once per OpenMP wait policy
 POLICIES = ("default", "PASSIVE", "ACTIVE")
@@ -68,7 +70,8 @@ def bundled_training_files():
 def commands(out: Path, quick: bool):
     py = sys.executable
     cmds = {
-        "inference": [py, str(HERE / "bench_inference.py"), "--out", str(out)] + (["--quick"] if quick else ["--dense"]),
+        "inference": [py, str(HERE / "bench_inference.py"), "--out", str(out)]
+        + (["--quick"] if quick else ["--dense"]),
         "openmm": [py, str(HERE / "bench_openmm.py"), "--out", str(out)] + (["--quick"] if quick else []),
         "scale": [py, str(HERE / "bench_scale.py"), "--json", str(out / "scale.json")]
         + (["--sizes", "1500", "3000", "--repeats", "1"] if quick else ["--repeats", "3"]),
@@ -192,7 +195,8 @@ def summarize(out: Path, status, policies=("default",)):
 
     Rows of the policy-sensitive benchmarks carry their OpenMP wait policy in brackets."""
     rows = []
-    summary = {"machine": {"platform": platform.platform(), "cpu_model": cpu_model(), "python": platform.python_version(),
+    summary = {"machine": {"platform": platform.platform(), "cpu_model": cpu_model(),
+                           "python": platform.python_version(),
                            "cpu_count": os.cpu_count(), "loadavg_1_5_15_at_end": os.getloadavg(),
                            "omp_wait_policies": list(policies)},
                "date": datetime.datetime.now().isoformat(timespec="seconds"), "status": status, "results": {}}
@@ -243,7 +247,8 @@ def summarize(out: Path, status, policies=("default",)):
     if tr:
         summary["results"]["train"] = tr
         for r in tr["rows"]:
-            rows.append(("train", f"{r['loader']}: data wait{first}", f"{100 * r['data_wait_fraction']:.1f} %", "< 10 %",
+            rows.append(("train", f"{r['loader']}: data wait{first}", f"{100 * r['data_wait_fraction']:.1f} %",
+                         "< 10 %",
                          _verdict(r["data_wait_fraction"] < 0.10), f"{r['molecules_per_s']:.0f} molecules/s, "
                          f"{r['ratio_vs_in_memory']:.2f}x in-memory"))
     summary["table"] = [dict(zip(("benchmark", "measure", "value", "target", "verdict", "detail"), r)) for r in rows]
@@ -269,15 +274,18 @@ HEAD = ("benchmark", "measure", "value", "target", "verdict", "detail")
 def write_markdown(path: Path, summary, rows, cmdline: str):
     m = summary["machine"]
     lines = [f"# Benchmark summary ({summary['date']})", "",
-             f"Command: `{cmdline}`. Machine: {m['platform']}, {m.get('cpu_model', '?')}, {m['cpu_count']} CPUs, Python {m['python']}, "
-             f"torch {m.get('torch', '?')}; load average at the end {tuple(round(x, 2) for x in m['loadavg_1_5_15_at_end'])} "
+             f"Command: `{cmdline}`. Machine: {m['platform']}, {m.get('cpu_model', '?')}, {m['cpu_count']} CPUs, "
+             f"Python {m['python']}, "
+             f"torch {m.get('torch', '?')}; load average at the end "
+             f"{tuple(round(x, 2) for x in m['loadavg_1_5_15_at_end'])} "
              "(shared machine: ratios measured side by side in one run, absolute times are noise). "
              "[policy] = the OpenMP wait policy of the run (default = OMP_WAIT_POLICY unset: libgomp's "
              "spin-then-sleep; PASSIVE = sleeping waits).", "",
              "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for r in rows:
         lines.append("| " + " | ".join(str(x).replace("|", "/") for x in r) + " |")
-    lines += ["", "Runs: " + ", ".join(f"{k}: exit {v['exit']}, {v['seconds']:.0f} s" for k, v in summary["status"].items())]
+    lines += ["", "Runs: " + ", ".join(f"{k}: exit {v['exit']}, {v['seconds']:.0f} s"
+                                       for k, v in summary["status"].items())]
     path.write_text("\n".join(lines) + "\n")
 
 

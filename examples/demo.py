@@ -154,8 +154,9 @@ def main() -> int:
     from aimnet2mult.io_utils import atomic_write_text
 
     atomic_write_text(out / "summary.md", text)
-    atomic_write_text(out / "summary.json", json.dumps({"evaluation": results, "md": {k: str(v) for k, v in md_rows.items()}},
-                                                       indent=1))
+    atomic_write_text(out / "summary.json",
+                      json.dumps({"evaluation": results, "md": {k: str(v) for k, v in md_rows.items()}},
+                                 indent=1))
     print("\n" + text)
     print(f"learning curves and parity plots: {run_dir}; MD energy plots: {out}/md_*_energy.png")
     return 0

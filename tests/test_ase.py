@@ -7,14 +7,13 @@ from ase import Atoms
 from ase.build import molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+from helpers import small_checkpoint
+from molecules import get as get_molecule
 
 from aimnet2mult import AIMNet2Mult
 from aimnet2mult.checkpoint import CheckpointError, save_checkpoint
 from aimnet2mult.export import build_potential, export_potential, load_potential
 from aimnet2mult.import_official import official_member_checkpoint
-from helpers import small_checkpoint
-from molecules import get as get_molecule
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,10 +1,10 @@
 """Bad input gets a clear error that says what is wrong (in memory and through the .jpt)."""
 
+import molecules
 import pytest
 import torch
-
-import molecules
 from helpers import as_torch, small_checkpoint
+
 from aimnet2mult.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from aimnet2mult.export import build_potential, export_potential, load_potential
 
@@ -31,7 +31,8 @@ def expect(pot, data, pattern):
 def test_unsupported_element(pot):
     data = water()
     data["numbers"][0, 0] = 26
-    expect(pot, data, r"element Fe \(Z=26\) is not supported by fidelity 1 \('level1'\); supported elements: H, C, N, O, F, S, Cl")
+    expect(pot, data, r"element Fe \(Z=26\) is not supported by fidelity 1 \('level1'\); "
+                      r"supported elements: H, C, N, O, F, S, Cl")
 
 
 def test_coincident_atoms(pot):
@@ -51,8 +52,10 @@ def test_wrong_shapes_and_dtypes(pot):
     expect(pot, {"coord": data["coord"][0, :, :2], "numbers": data["numbers"][0]}, r"or \(N, 3\).*got \[3, 2\]")
     expect(pot, {"coord": data["coord"][0], "numbers": data["numbers"]},
            r"flat input: 'numbers' must have shape \(N,\) = \[3\] to match 'coord' \(N, 3\), got \[1, 3\]")
-    expect(pot, {"coord": data["coord"][0], "numbers": data["numbers"][0, :2]}, r"'numbers' must have shape \(N,\) = \[3\]")
-    expect(pot, {"coord": data["coord"][0], "numbers": data["numbers"][0].float()}, "'numbers' must be an integer tensor")
+    expect(pot, {"coord": data["coord"][0], "numbers": data["numbers"][0, :2]},
+           r"'numbers' must have shape \(N,\) = \[3\]")
+    expect(pot, {"coord": data["coord"][0], "numbers": data["numbers"][0].float()},
+           "'numbers' must be an integer tensor")
     expect(pot, {"coord": data["coord"][0].long(), "numbers": data["numbers"][0]}, "'coord' must be a floating-point")
     expect(pot, {"coord": data["coord"], "numbers": data["numbers"].float()}, "'numbers' must be an integer tensor")
     expect(pot, {"coord": data["coord"].long(), "numbers": data["numbers"]}, "'coord' must be a floating-point")

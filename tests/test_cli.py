@@ -3,12 +3,12 @@
 import subprocess
 import sys
 
+import molecules
 import pytest
 import torch
 import yaml
-
-import molecules
 from helpers import as_torch, small_checkpoint
+
 from aimnet2mult.checkpoint import save_checkpoint
 from aimnet2mult.export import load_potential, read_metadata
 

@@ -7,13 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py  # noqa: E402  (the datagen extra, installed by make test, brings pyscf and tblite)
 import numpy as np
 import pytest
 
-import h5py  # noqa: E402  (the datagen extra, installed by make test, brings pyscf and tblite)
-
-from aimnet2mult.datagen.cli import main  # noqa: E402
 from aimnet2mult.datagen import pipeline  # noqa: E402
+from aimnet2mult.datagen.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,8 +166,7 @@ def test_catalogue_and_determinism():
     from ase.collections import g2
 
     from aimnet2mult.datagen.conformers import MDSettings, bond_matrix, check_geometry, sample_md
-    from aimnet2mult.datagen.molecules import (ALLOWED_ELEMENTS, DEFAULT_NEUTRALS, IONS,
-                                               g2_candidates, g2_molecule)
+    from aimnet2mult.datagen.molecules import ALLOWED_ELEMENTS, DEFAULT_NEUTRALS, IONS, g2_candidates, g2_molecule
 
     cands = g2_candidates()
     assert len(DEFAULT_NEUTRALS) >= 30 and set(DEFAULT_NEUTRALS) <= set(cands)

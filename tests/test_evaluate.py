@@ -6,9 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-
 import synthetic
+import torch
 from helpers import small_checkpoint
 
 from aimnet2mult.checkpoint import save_checkpoint

@@ -1,18 +1,17 @@
 """Checkpoints and per-fidelity export: contract, SAE + dispersion, metadata, atomic writes."""
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import molecules
 import numpy as np
 import pytest
 import torch
-
-import molecules
 from helpers import as_torch, small_checkpoint
+
 from aimnet2mult.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from aimnet2mult.export import export_potential, load_potential, read_metadata
 from aimnet2mult.units import ANGSTROM_TO_BOHR, HARTREE_IN_EV

@@ -3,14 +3,14 @@ low-fidelity pretraining schedule, and outputs that were never trained (absent, 
 
 import numpy as np
 import pytest
+import synthetic
 import torch
 from ase.build import molecule
 from ase.calculators.calculator import PropertyNotImplementedError
-
-import synthetic
 from helpers import small_checkpoint, small_model
 from molecules import batch
 from test_train import _train_api
+
 from aimnet2mult import AIMNet2Mult
 from aimnet2mult.checkpoint import load_checkpoint, save_checkpoint
 from aimnet2mult.data.sampler import MixedFidelityBatchSampler

@@ -6,12 +6,12 @@ autograd through the whole network (``set_manual_forces(False)``), in float64 wh
 agree to rounding, and central finite differences of the energy.
 """
 
+import molecules
 import numpy as np
 import pytest
 import torch
-
-import molecules
 from helpers import small_checkpoint
+
 from aimnet2mult.export import build_potential
 from aimnet2mult.tools.water import water_cell
 

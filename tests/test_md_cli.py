@@ -12,10 +12,10 @@ import pytest
 from ase import Atoms
 from ase.build import molecule
 from ase.io import read, write
+from helpers import small_checkpoint
 
 from aimnet2mult import AIMNet2Mult
 from aimnet2mult.checkpoint import save_checkpoint
-from helpers import small_checkpoint
 
 FIDELITIES = ["b3lyp/6-31g*", "gfn2-xtb", "gfn1-xtb"]
 

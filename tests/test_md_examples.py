@@ -123,8 +123,9 @@ def test_md_command(tmp_path, xyz, wb97m_pt, engine, ensemble, capsys):
 
 
 def test_md_command_errors(tmp_path, xyz, wb97m_pt, capsys):
-    from aimnet2mult.checkpoint import CheckpointError
     from helpers import small_checkpoint
+
+    from aimnet2mult.checkpoint import CheckpointError
 
     two = save_checkpoint(small_checkpoint(2)[0], tmp_path / "two.pt")
     with pytest.raises(CheckpointError, match="chosen explicitly"):
@@ -138,8 +139,9 @@ def test_md_command_errors(tmp_path, xyz, wb97m_pt, capsys):
 def test_examples_use_the_bundled_default_model(tmp_path, monkeypatch, capsys):
     """Without --model the examples take the bundled default model (multi-fidelity: fidelity 0 unless
     --fidelity is given); here a stand-in in a temporary directory."""
-    from aimnet2mult.calculators import runtime
     from helpers import small_checkpoint
+
+    from aimnet2mult.calculators import runtime
 
     sys.path.insert(0, str(ROOT / "examples" / "md"))
     try:

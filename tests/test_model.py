@@ -3,12 +3,12 @@ multi-fidelity independence."""
 
 import math
 
+import molecules
 import numpy as np
 import pytest
 import torch
-
-import molecules
 from helpers import as_torch, small_checkpoint, small_model
+
 from aimnet2mult.export import build_potential
 from aimnet2mult.model_config import model_config
 from aimnet2mult.nn.backbone import charge_equilibration

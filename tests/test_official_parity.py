@@ -2,10 +2,10 @@
 reproduces the official TorchScript model (energy 5e-4 eV, forces 1e-4 eV/Å, charges 1e-5 e),
 in memory and through the exported .jpt."""
 
+import molecules
 import pytest
 import torch
 
-import molecules
 from aimnet2mult.export import build_potential, export_potential, load_potential
 from aimnet2mult.import_official import official_member_checkpoint
 

@@ -9,11 +9,11 @@ import copy
 import io
 import math
 
+import molecules
 import pytest
 import torch
-
-import molecules
 from helpers import small_checkpoint
+
 from aimnet2mult.export import build_potential
 from aimnet2mult.nn.mlp import gelu, gelu_backward, make_mlp, mlp_vjp
 from aimnet2mult.nn.onednn import ONEDNN_PRODUCTS, use_packed_weights

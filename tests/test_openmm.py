@@ -8,21 +8,20 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import openmm  # noqa: E402
 import pytest
 import torch  # before openmm/openmmtorch (openmm-torch needs torch's libraries loaded first)
-
-import openmm  # noqa: E402
 from ase.build import molecule  # noqa: E402
+from helpers import small_checkpoint  # noqa: E402
 from openmm import app, unit  # noqa: E402
 
 from aimnet2mult import AIMNet2Mult  # noqa: E402
 from aimnet2mult.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
-from aimnet2mult.export import build_potential, export_potential, load_potential  # noqa: E402
+from aimnet2mult.export import export_potential, load_potential  # noqa: E402
 from aimnet2mult.import_official import official_member_checkpoint  # noqa: E402
 from aimnet2mult.md import openmm_topology  # noqa: E402
 from aimnet2mult.openmm import create_python_force, create_torch_force, torch_force_module  # noqa: E402
 from aimnet2mult.units import EV_TO_KJ_PER_MOL as KJ  # noqa: E402
-from helpers import small_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "md"))
@@ -108,7 +107,7 @@ def test_subset_in_larger_system(wb97m):
     atoms = acetone()
     atoms.calc = AIMNet2Mult(wb97m["pt"])
     e_ref, f_ref = atoms.get_potential_energy() * KJ, atoms.get_forces() * KJ_NM
-    n_ml, n_sys = len(atoms), len(atoms) + 6
+    n_sys = len(atoms) + 6
     ml = [1, 2, 4, 5, 7, 8, 9, 11, 12, 14]
     others = [i for i in range(n_sys) if i not in ml]
     pos = np.zeros((n_sys, 3))
@@ -377,14 +376,14 @@ def test_mlmm_charge_and_multiplicity(solvated, tmp_path):
 
 def test_mlmm_link_atom(wb97m):
     """ML region = the methyl group of methanol: the cap (a virtual H on C) is part of the ML atoms."""
-    from openmmml import MLPotential
-
     import openmm_mlmm_water as example
+    from openmmml import MLPotential
 
     atoms = molecule("CH3OH")
     top = app.Topology()
     res = top.addResidue("MOH", top.addChain())
-    made = [top.addAtom(n, app.Element.getByAtomicNumber(int(z)), res) for n, z in zip(example.ATOM_NAMES, atoms.numbers)]
+    made = [top.addAtom(n, app.Element.getByAtomicNumber(int(z)), res)
+            for n, z in zip(example.ATOM_NAMES, atoms.numbers)]
     for i, j in example.BONDS:
         top.addBond(made[i], made[j])
     mm = example.forcefield().createSystem(top, nonbondedMethod=app.NoCutoff)

@@ -196,9 +196,9 @@ def test_benchmark_runs_resumes_and_scores_delta(built, tmp_path):
     from pathlib import Path
 
     import yaml
+    from helpers import SMALL
 
     from aimnet2mult.calculators.runtime import load_model
-    from helpers import SMALL
 
     tmp, *_ = built
     root = Path(__file__).resolve().parent.parent

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 from ase.build import molecule
-
 from helpers import small_checkpoint
+
 from aimnet2mult import AIMNet2Mult
 from aimnet2mult.checkpoint import save_checkpoint
 from aimnet2mult.export import export_potential
@@ -17,7 +17,8 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("rel")
     ckpt, _ = small_checkpoint(3, seed=4)
     pt = save_checkpoint(ckpt, root / "m.pt")
-    return {"pt": pt, "fid0": export_potential(pt, 0, root / "f0.jpt"), "fid1": export_potential(pt, 1, root / "f1.jpt"),
+    return {"pt": pt, "fid0": export_potential(pt, 0, root / "f0.jpt"),
+            "fid1": export_potential(pt, 1, root / "f1.jpt"),
             "fid0b": export_potential(pt, 0, root / "f0b.jpt")}
 
 
@@ -178,9 +179,8 @@ def _tiny_training(tmp_path, *extra, save="m.pt", wait=True):
     import subprocess
     import sys
 
-    import yaml
-
     import synthetic
+    import yaml
     from helpers import SMALL
     from test_train import small_train_yaml
 
@@ -375,9 +375,10 @@ def test_unit_and_spin_plausibility_warnings(tmp_path, caplog):
 def test_open_shell_data_on_a_closed_shell_model_and_hartree_energies(tmp_path, caplog):
     import logging
 
+    from test_train import _train_api
+
     from aimnet2mult.data.loaders import build_loaders
     from aimnet2mult.model_config import ConfigError
-    from test_train import _train_api
 
     # energies in Hartree: water -76.4, H2 -1.17 -> fitted SAE of H about -0.585 "eV"
     water = _water_group(4)
@@ -424,9 +425,10 @@ def test_resume_refuses_a_changed_run(tmp_path):
     import shutil
 
     import synthetic
-    from aimnet2mult.checkpoint import CheckpointError
     from helpers import SMALL
     from test_train import _train_api
+
+    from aimnet2mult.checkpoint import CheckpointError
 
     f0 = synthetic.write_h5(tmp_path / "a.h5", synthetic.make_samples(16, seed=8))
     f1 = synthetic.write_h5(tmp_path / "b.h5", synthetic.make_samples(16, seed=9, scale=1.2), labels=())

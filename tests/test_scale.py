@@ -6,16 +6,15 @@ library's neighbour lists, finite differences, the textbook rock-salt Madelung c
 """
 
 import json
-import math
 import subprocess
 import sys
 
+import molecules
 import numpy as np
 import pytest
 import torch
-
-import molecules
 from helpers import small_checkpoint
+
 from aimnet2mult.export import build_potential, export_potential, load_potential, read_metadata
 from aimnet2mult.nn.coulomb import DSFCoulomb, EwaldCoulomb
 from aimnet2mult.nn.geometry import long_range_geometry
@@ -424,7 +423,8 @@ def test_bad_periodic_input_gives_clear_errors(pots):
     inp = periodic_input(water_cell(2))
     singular = inp["cell"].clone()
     singular[2] = singular[0] + singular[1]
-    with pytest.raises(ValueError, match=r"'cell' is singular \(volume 0(\.0)? Å³\): its periodic lattice vectors are zero "
+    with pytest.raises(ValueError, match=r"'cell' is singular \(volume 0(\.0)? Å³\): "
+                                         r"its periodic lattice vectors are zero "
                                          r"or linearly dependent"):
         pot(dict(inp, cell=singular))
     with pytest.raises(ValueError, match="'cell' is singular"):

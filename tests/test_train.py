@@ -1,6 +1,5 @@
 """Training: the original Quick Start verbatim, learning, masking, resume, transfer, DDP, bad input."""
 
-import json
 import os
 import signal
 import subprocess
@@ -10,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synthetic
 import torch
 import yaml
 
-import synthetic
 from aimnet2mult.checkpoint import build_model, load_checkpoint
 from aimnet2mult.train.loss import MaskedMultiTaskLoss
 
@@ -199,7 +198,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     for key, value in full["state_dict"].items():
         assert torch.allclose(value, resumed["state_dict"][key], atol=1e-6, rtol=0), key
     assert len(resumed["training_state"]["history"]) == 4
-    assert resumed["training_state"]["history"][-1]["loss"] == pytest.approx(full["training_state"]["history"][-1]["loss"], abs=1e-6)
+    assert resumed["training_state"]["history"][-1]["loss"] == pytest.approx(
+        full["training_state"]["history"][-1]["loss"], abs=1e-6)
 
 
 def test_transfer_one_to_two_fidelities_preserves_fidelity0(tmp_path):
@@ -220,7 +220,8 @@ def test_transfer_one_to_two_fidelities_preserves_fidelity0(tmp_path):
     assert any("fidelity 1" in line and "new" in line for line in lines)
     source_model = build_model(src)
     for s in synthetic.make_samples(4, seed=12):
-        inp = {"coord": torch.tensor(s["coord"][None], dtype=torch.float32), "numbers": torch.tensor(s["numbers"][None]),
+        inp = {"coord": torch.tensor(s["coord"][None], dtype=torch.float32),
+               "numbers": torch.tensor(s["numbers"][None]),
                "fidelity": torch.tensor([0])}
         sae_src = sum(src["fidelities"][0]["sae"][int(z)] for z in s["numbers"])
         sae_new = sum(info["sae"][0][int(z)] for z in s["numbers"])
@@ -231,8 +232,8 @@ def test_transfer_one_to_two_fidelities_preserves_fidelity0(tmp_path):
 
 def test_official_member_loads_as_fidelity0(tmp_path, wb97m_file):
     from aimnet2mult.nn.model import MultiFidelityAIMNet2
-    from aimnet2mult.train.runner import build_model_config, load_source
     from aimnet2mult.train.config import load_train_config
+    from aimnet2mult.train.runner import build_model_config, load_source
     from aimnet2mult.train.transfer import transfer_weights
 
     f0 = synthetic.write_h5(tmp_path / "a.h5", synthetic.make_samples(8, seed=10))
@@ -259,7 +260,8 @@ def test_sae_missing_element_stops_before_training(tmp_path):
     f0 = synthetic.write_h5(tmp_path / "a.h5", synthetic.make_samples(10, seed=1))
     (tmp_path / "sae.yaml").write_text("1: -13.6\n6: -1029.5\n8: -2041.8\n")
     small_train_yaml(tmp_path / "train.yaml")
-    res = run(["-m", "aimnet2mult.train.cli", "--config", "train.yaml", "--save", "m.pt", f"data.fidelity_datasets.0={f0}",
+    res = run(["-m", "aimnet2mult.train.cli", "--config", "train.yaml", "--save", "m.pt",
+               f"data.fidelity_datasets.0={f0}",
                "data.sae.energy.files.0=sae.yaml", "--no-progress"], tmp_path)
     assert res.returncode != 0
     assert "N" in res.stderr and "fidelity 0" in res.stderr and "Traceback" not in res.stderr
@@ -276,7 +278,8 @@ def test_bad_configuration(tmp_path, override, pattern):
     synthetic.write_h5(tmp_path / "a.h5", synthetic.make_samples(10, seed=1))
     synthetic.write_h5(tmp_path / "b.h5", synthetic.make_samples(10, seed=2))
     small_train_yaml(tmp_path / "train.yaml")
-    res = run(["-m", "aimnet2mult.train.cli", "--config", "train.yaml", "--save", "m.pt", "data.fidelity_datasets.0=a.h5",
+    res = run(["-m", "aimnet2mult.train.cli", "--config", "train.yaml", "--save", "m.pt",
+               "data.fidelity_datasets.0=a.h5",
                override, "--no-progress"], tmp_path)
     assert res.returncode == 2 and pattern in res.stderr and "Traceback" not in res.stderr, res.stderr
 

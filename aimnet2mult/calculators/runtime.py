@@ -375,7 +375,8 @@ class ModelSource:
             module.eval()
             self._fixed = LoadedPotential(module, meta, self.device, f"<{type(model).__name__}>")
         else:
-            raise TypeError(f"model must be a path, a checkpoint dict or a potential module, not {type(model).__name__}")
+            raise TypeError(f"model must be a path, a checkpoint dict or a potential module, "
+                            f"not {type(model).__name__}")
 
     def __reduce__(self):
         """Pickling / deep copies (multiprocessing, some OpenMM paths): a model given by path is

@@ -16,12 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .pipeline import (SPLIT_CODES, XTB_TAG, dft_level_name, dft_prefix, dft_queue, now_iso,
-                       regenerate_command, software_versions, status_dict)
-from .store import Workdir, atomic_write_bytes, tmp_path_for, atomic_write_json, get_logger, read_json, read_npz
-
 from aimnet2mult.units import BOHR_IN_ANGSTROM, HARTREE_IN_EV
+
+from . import __version__
+from .pipeline import (
+    SPLIT_CODES,
+    XTB_TAG,
+    dft_level_name,
+    dft_prefix,
+    dft_queue,
+    now_iso,
+    regenerate_command,
+    software_versions,
+    status_dict,
+)
+from .store import Workdir, atomic_write_bytes, atomic_write_json, get_logger, read_json, read_npz, tmp_path_for
 
 SPLIT_ORDER = ("train", "val", "test", "test_unseen")
 

@@ -14,9 +14,18 @@ import numpy as np
 from . import __version__
 from .conformers import MDSettings, sample_md
 from .molecules import build_molecules, safe_key
-from .qm import (DFTSettings, dft_auxbasis, dft_single, fd_forces, xtb_energy, xtb_single)
-from .store import (Progress, RunLock, Workdir, atomic_write_json, atomic_write_npz, get_logger,
-                    read_json, read_npz, setup_logging)
+from .qm import DFTSettings, dft_auxbasis, dft_single, fd_forces, xtb_energy, xtb_single
+from .store import (
+    Progress,
+    RunLock,
+    Workdir,
+    atomic_write_json,
+    atomic_write_npz,
+    get_logger,
+    read_json,
+    read_npz,
+    setup_logging,
+)
 
 #: Settings of a run. CLI flags are the keys with '-' for '_' (``--n-dft``).
 DEFAULTS: dict = {

@@ -44,8 +44,17 @@ import numpy as np
 from aimnet2mult.units import HARTREE_IN_EV
 
 from .qm import xtb_single
-from .store import (Progress, RunLock, Workdir, atomic_write_json, atomic_write_npz, get_logger,
-                    read_json, read_npz, setup_logging)
+from .store import (
+    Progress,
+    RunLock,
+    Workdir,
+    atomic_write_json,
+    atomic_write_npz,
+    get_logger,
+    read_json,
+    read_npz,
+    setup_logging,
+)
 
 QM9_CSV_FILES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 QM9_SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}

@@ -7,9 +7,17 @@ from torch import Tensor, nn
 
 from . import nbops
 from .basis import RadialBasis
-from .conv import (ShellConvolution, dense_matrices_grad_to_pairs, dense_shell_matrices,
-                   dense_shell_sums_recorded, dense_shell_sums_vjp, flat_pair_basis, flat_shell_sums_recorded,
-                   flat_shell_sums_vjp, shell_sums)
+from .conv import (
+    ShellConvolution,
+    dense_matrices_grad_to_pairs,
+    dense_shell_matrices,
+    dense_shell_sums_recorded,
+    dense_shell_sums_vjp,
+    flat_pair_basis,
+    flat_shell_sums_recorded,
+    flat_shell_sums_vjp,
+    shell_sums,
+)
 from .mlp import make_mlp, mlp_vjp
 
 

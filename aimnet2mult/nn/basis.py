@@ -1,8 +1,7 @@
 """Radial basis of AIMNet2: Gaussian shells times a cosine cutoff, and their vector form."""
 
-from typing import Tuple
-
 import math
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn

@@ -41,8 +41,8 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import nbops
 from ..units import COULOMB_CONSTANT
+from . import nbops
 
 
 def pair_sums_and_grads(charges: Tensor, v: Tensor, dv: Tensor, data: Dict[str, Tensor],

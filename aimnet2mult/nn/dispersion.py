@@ -59,10 +59,10 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..dispersion_params import custom_d3bj_parameters
+from ..units import ANGSTROM_TO_BOHR, HARTREE_IN_EV
 from . import nbops
 from .nbops import take_rows as take
-from ..units import ANGSTROM_TO_BOHR, HARTREE_IN_EV
-from ..dispersion_params import custom_d3bj_parameters
 
 __all__ = ["D3BJ", "load_d3_reference_tables"]
 

@@ -9,6 +9,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
+
 from . import nbops
 
 

@@ -1,10 +1,11 @@
 """Energy readout: per-atom MLP plus a per-element atomic shift."""
 
+from typing import List, Tuple
+
 import torch
 from torch import Tensor, nn
 
 from .mlp import make_mlp, mlp_vjp
-from typing import List, Tuple
 
 
 class EnergyReadout(nn.Module):

@@ -27,9 +27,8 @@ Limitation of the PyPI openmm-torch 1.5 / torch 2.9 wheels (measured): ``XmlSeri
 ``interpolate=True``), use the ``PythonForce`` builder (``aimnet2mult.openmm.pythonforce``).
 """
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
-
 import copy
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn

@@ -7,7 +7,7 @@ current working directory.
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import yaml
 

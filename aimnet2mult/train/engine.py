@@ -79,7 +79,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Optional[Dict[str, An
         return None, None
     cls = import_object(cfg["class"])
     kwargs = dict(cfg.get("kwargs") or {})
-    from ignite.handlers.param_scheduler import (LRScheduler, ParamScheduler, ReduceLROnPlateauScheduler)
+    from ignite.handlers.param_scheduler import LRScheduler, ParamScheduler, ReduceLROnPlateauScheduler
 
     try:
         if cls is ReduceLROnPlateauScheduler:
@@ -90,7 +90,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Optional[Dict[str, An
             return cls(optimizer, **kwargs), "iteration"
         if isinstance(cls, type) and issubclass(cls, torch.optim.lr_scheduler.LRScheduler):
             if cls is torch.optim.lr_scheduler.ReduceLROnPlateau:
-                raise ConfigError("use ignite.handlers.param_scheduler.ReduceLROnPlateauScheduler for plateau schedules")
+                raise ConfigError("use ignite.handlers.param_scheduler.ReduceLROnPlateauScheduler "
+                                  "for plateau schedules")
             step = cfg.get("step", "epoch")
             return LRScheduler(cls(optimizer, **kwargs)), step
     except TypeError as exc:

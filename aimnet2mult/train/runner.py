@@ -20,15 +20,33 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .. import __version__
-from ..checkpoint import LABELLED_OUTPUTS, CheckpointError, fidelity_entry, load_checkpoint, make_checkpoint, save_checkpoint
+from ..checkpoint import (
+    LABELLED_OUTPUTS,
+    CheckpointError,
+    fidelity_entry,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+)
 from ..io_utils import atomic_write_text
 from ..model_config import ConfigError, model_config
 from ..nn.model import MultiFidelityAIMNet2
 from .config import dump_config, num_fidelities
-from .engine import (EpochData, plain_state, TrainStep, build_optimizer, build_scheduler, current_lrs, evaluate, rng_state,
-                     set_rng_state, summarize, unwrap)
-from .loss import MaskedMultiTaskLoss
+from .engine import (
+    EpochData,
+    TrainStep,
+    build_optimizer,
+    build_scheduler,
+    current_lrs,
+    evaluate,
+    plain_state,
+    rng_state,
+    set_rng_state,
+    summarize,
+    unwrap,
+)
 from .fidelity_init import copy_fidelity, parse_schedule
+from .loss import MaskedMultiTaskLoss
 from .resume_check import data_fingerprint, resume_differences
 from .transfer import transfer_weights
 
@@ -87,7 +105,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model_config(cfg: Dict[str, Any], model_yaml: Optional[str], source: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def build_model_config(cfg: Dict[str, Any], model_yaml: Optional[str],
+                       source: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     fid = dict(num_fidelities=num_fidelities(cfg), fidelity_offset=int(cfg["fidelity_offset"]),
                use_fidelity_readouts=bool(cfg["use_fidelity_readouts"]))
     if model_yaml:
@@ -262,7 +281,8 @@ class Trainer:
         try:
             import wandb
         except ImportError:
-            raise ConfigError("wandb.enabled is true but wandb is not installed (pip install aimnet2mult[wandb])") from None
+            raise ConfigError("wandb.enabled is true but wandb is not installed "
+                              "(pip install aimnet2mult[wandb])") from None
         init = dict(wcfg.get("init") or {})
         init.setdefault("mode", "offline")
         init.setdefault("dir", str(self.run_dir))

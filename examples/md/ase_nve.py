@@ -6,13 +6,13 @@ Writes OUTPUT_DIR/nve.traj (ASE trajectory), nve_energy.csv and nve_energy.png, 
 total-energy drift.
 """
 
+import _helpers
 import numpy as np
 from ase import units
 from ase.build import molecule
 from ase.io import Trajectory
 from ase.md.verlet import VelocityVerlet
 
-import _helpers
 from aimnet2mult import AIMNet2Mult
 from aimnet2mult.md import energy_row, plot_energy, thermalize, write_log
 from aimnet2mult.units import EV_TO_KJ_PER_MOL

@@ -5,13 +5,13 @@
 Writes OUTPUT_DIR/nvt.traj (ASE trajectory), nvt_energy.csv and nvt_energy.png.
 """
 
+import _helpers
 import numpy as np
 from ase import units
 from ase.build import molecule
 from ase.io import Trajectory
 from ase.md.langevin import Langevin
 
-import _helpers
 from aimnet2mult import AIMNet2Mult
 from aimnet2mult.md import energy_row, plot_energy, thermalize, write_log
 

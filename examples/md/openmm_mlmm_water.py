@@ -11,12 +11,12 @@ Writes OUTPUT_DIR/mlmm.pdb (trajectory), mlmm_energy.csv and mlmm_energy.png.
 
 import io
 
+import _helpers
 import numpy as np
 import openmm
 from ase.build import molecule
 from openmm import app, unit
 
-import _helpers
 from aimnet2mult.md import energy_row, openmm_energies_ev, plot_energy, write_log
 
 # Illustrative MM template for methanol (units: nm, rad, kJ/mol, e). Only the charges and LJ

@@ -5,12 +5,12 @@
 Writes OUTPUT_DIR/openmm.pdb (trajectory), openmm_energy.csv and openmm_energy.png.
 """
 
+import _helpers
 import numpy as np
 import openmm
 from ase.build import molecule
 from openmm import app, unit
 
-import _helpers
 from aimnet2mult.md import energy_row, openmm_energies_ev, openmm_topology, plot_energy, write_log
 from aimnet2mult.openmm import create_torch_force
 from aimnet2mult.units import EV_TO_KJ_PER_MOL
@@ -53,7 +53,8 @@ def main():
         rows.append(energy_row(step, args.timestep, epot, ekin, len(atoms)))
     write_log(rows, args.output_dir / "openmm_energy.csv")
     plot_energy(rows, args.output_dir / "openmm_energy.png",
-                f"{args.molecule}: OpenMM TorchForce {args.ensemble.upper()} on {simulation.context.getPlatform().getName()}")
+                f"{args.molecule}: OpenMM TorchForce {args.ensemble.upper()} "
+                f"on {simulation.context.getPlatform().getName()}")
     etot = np.array([r["etot_eV"] for r in rows]) * EV_TO_KJ_PER_MOL
     print(f"{args.steps} steps ({args.ensemble}): E_tot(end) - E_tot(0) = {etot[-1] - etot[0]:+.4f} kJ/mol; "
           f"wrote {args.output_dir}/openmm.pdb and openmm_energy.png")
