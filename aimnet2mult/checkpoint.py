@@ -32,7 +32,7 @@ import torch
 
 from . import __version__
 from .elements import format_elements
-from .io_utils import atomic_write
+from .io_utils import atomic_write_bytes, serialized
 from .model_config import ConfigError, validate_model_config
 
 FORMAT = "aimnet2mult-checkpoint"
@@ -100,7 +100,7 @@ def make_checkpoint(model: torch.nn.Module, model_config: Dict[str, Any], fideli
 def save_checkpoint(ckpt: Dict[str, Any], path: Union[str, Path]) -> Path:
     """Write atomically (temporary file + rename): an interrupted save leaves the old file intact."""
     validate_checkpoint(ckpt, str(path))
-    return atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    return atomic_write_bytes(path, serialized(lambda buf: torch.save(ckpt, buf)))
 
 
 def validate_checkpoint(ckpt: Any, where: str) -> Dict[str, Any]:

@@ -136,7 +136,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse(build_parser(), argv)
     try:
         return args.func(args)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as exc:
+    except (CheckpointError, ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

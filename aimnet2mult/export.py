@@ -28,7 +28,7 @@ from .checkpoint import (
     trained_outputs,
 )
 from .elements import SYMBOLS
-from .io_utils import atomic_write
+from .io_utils import atomic_write_bytes, serialized
 from .nn.onednn import ONEDNN_PRODUCTS
 from .potential import Potential
 
@@ -253,7 +253,7 @@ def export_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int
     output = str(output)
     path = Path(output if output.endswith(".jpt") else f"{output}_fid{k}.jpt")
     extra = {METADATA_FILE: json.dumps(meta, indent=1)}
-    atomic_write(path, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
+    atomic_write_bytes(path, serialized(lambda buf: torch.jit.save(scripted, buf, _extra_files=extra)))
     return path
 
 

@@ -1,6 +1,9 @@
 """Atomic file writing: nothing the program writes is ever left half-written."""
 
+import errno
+import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence, Union
@@ -45,11 +48,52 @@ def atomic_write(path: Union[str, Path], write: Callable[[str], None]) -> Path:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise WriteError(exc.errno, f"could not write {path}: no space left on device "
+                                        f"({_free(path.parent)} free in {path.parent}); the previous file, if any, "
+                                        "is unchanged") from None
+        if isinstance(exc, OSError):
+            raise WriteError(exc.errno, f"could not write {path}: {exc.strerror or exc}") from None
         raise
     return path
+
+
+class WriteError(OSError):
+    """A file could not be written (the message names it and why: e.g. no space left on device)."""
+
+    def __str__(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else super().__str__()
+
+
+def _free(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown"
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if free < 1024 or unit == "GiB":
+            return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+        free /= 1024.0
+    return "unknown"
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> Path:
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+    return atomic_write(path, _write)
+
+
+def serialized(save: Callable[[io.BytesIO], None]) -> bytes:
+    """Bytes of ``save(buffer)`` (torch.save / torch.jit.save into memory): written to disk by
+    Python's own I/O, a full disk is an OSError with errno ENOSPC, not a C++ abort or torch's
+    'unexpected pos' message."""
+    buf = io.BytesIO()
+    save(buf)
+    return buf.getvalue()
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:

@@ -381,6 +381,12 @@ def run(args) -> int:
         engine(atoms, source, pot.fidelity if fidelity is None else fidelity, charge, mult, args, traj, rows)
     except MDUnstable as exc:
         failure = exc
+    except OSError as exc:  # the trajectory append failed (e.g. a full disk)
+        from .io_utils import WriteError
+
+        why = "no space left on device" if exc.errno == 28 else (exc.strerror or str(exc))
+        step = rows[-1]["step"] if rows else 0
+        raise WriteError(exc.errno, f"could not write {traj} at step {step}: {why}") from None
     log = write_log(rows, prefix.with_name(prefix.name + "_energy.csv"))
     if failure is not None:
         import sys
@@ -408,7 +414,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -449,3 +449,46 @@ def test_resume_refuses_a_changed_run(tmp_path):
     with pytest.raises(CheckpointError, match="fidelity 0 train data .*a.h5: content differs"):
         _train_api(tmp_path, {0: f0, 1: f1}, epochs=3, save="r.pt", resume=last)
     assert half.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (needs root and mount; skipped with the reason elsewhere)."""
+    import subprocess
+
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip() or 'mount failed'})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_full_disk_gives_a_clear_error_and_no_partial_files(tmp_path, small_disk, files, capsys):
+    from ase.io import write
+
+    from aimnet2mult.calculators.runtime import default_model_path
+    from aimnet2mult.cli import main
+
+    # compile: the 10 MB file of the bundled model does not fit
+
+    assert main(["compile", "--weights", str(default_model_path()), "--output", str(small_disk / "m"),
+                 "--fidelity-level", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "could not write" in err and "no space left on device" in err and "Traceback" not in err
+    assert list(small_disk.iterdir()) == []
+    # training: the checkpoint does not fit, the run says so
+    res = _tiny_training(tmp_path, save=str(small_disk / "t.pt"))
+    assert res.returncode == 2 and "no space left on device" in res.stderr, res.stderr[-2000:]
+    assert not [p for p in small_disk.rglob("*.tmp")] and not (small_disk / "t.pt").exists()
+    # md: the trajectory fills the disk
+    for p in sorted(small_disk.rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    write(tmp_path / "w.xyz", molecule("H2O"))
+    code = main(["md", str(tmp_path / "w.xyz"), "--fidelity", "0", "--steps", "4000", "--interval", "1",
+                 "--no-progress", "--no-plot", "--output", str(small_disk / "w")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"could not write {small_disk / 'w.xyz'}" in err and "no space left on device" in err

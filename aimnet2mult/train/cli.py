@@ -40,7 +40,7 @@ def run(args) -> int:
         cfg = load_train_config(args.config, args.overrides)
         path = run_training(cfg, args.save, model_yaml=args.model, load=args.load, resume=args.resume,
                             progress=not args.no_progress, overwrite=args.overwrite)
-    except (ConfigError, CheckpointError, DataError, FileNotFoundError, FloatingPointError, ValueError) as exc:
+    except (ConfigError, CheckpointError, DataError, OSError, FloatingPointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
