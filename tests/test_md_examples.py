@@ -156,3 +156,16 @@ def test_examples_use_the_bundled_default_model(tmp_path, monkeypatch, capsys):
     assert "fidelity 0 ('b3lyp/6-31g*')" in capsys.readouterr().out
     assert _helpers.resolve_model(None, "level2") == (str(tmp_path / "default_model.pt"), "level2")
     assert _helpers.resolve_model("mine.pt", 1) == ("mine.pt", 1)
+
+
+@pytest.mark.parametrize("script", ["ase_nve.py", "ase_nvt_langevin.py", "openmm_torchforce.py"])
+def test_example_that_blows_up_says_so(tmp_path, wb97m_pt, script):
+    """A 10 fs time step heats the molecule past 5,000 K within 10 steps: the example stops with
+    exit code 3 and a message instead of finishing as if nothing happened."""
+    path = next(p for p in EXAMPLES if p.name == script)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    res = subprocess.run([sys.executable, str(path), "--short", "--timestep", "10", "--output-dir", str(tmp_path),
+                          "--model", str(wb97m_pt), "--fidelity", "0"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=300)
+    assert res.returncode == 3, res.stdout[-1500:] + res.stderr[-1500:]
+    assert "MD became unstable at step" in res.stderr

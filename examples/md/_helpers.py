@@ -14,6 +14,7 @@ Model resolution (one place for all examples):
 import argparse
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 OFFICIAL_FILE = "aimnet2_wb97m-d3_ens.jpt"
@@ -81,3 +82,23 @@ def resolve_model(model, fidelity=None):
         if cli_main(["import-aimnet2", str(official_file()), "--member", "0", "--output", str(out)]) != 0:
             raise SystemExit("aimnet2mult import-aimnet2 failed")
     return str(out), fidelity
+
+
+def make_guard(n_atoms: float, temperature: float, timestep_fs: float, nve: bool):
+    """The guard of ``aimnet2mult md`` with its defaults: non-finite values, a temperature above
+    max(10 x target, 5,000 K), and for NVE a drift above 0.05 eV per atom stop the run."""
+    from aimnet2mult.md import MDGuard
+
+    return MDGuard(int(round(n_atoms)), max(10.0 * temperature, 5000.0), 0.05 if nve else None, timestep_fs)
+
+
+def check_or_stop(guard, row, positions, rows, log_path) -> None:
+    """Check one logged row; when the run blew up, write the energy log so far, say why, exit 3."""
+    from aimnet2mult.md import MDUnstable, write_log
+
+    try:
+        guard.check(row, positions)
+    except MDUnstable as exc:
+        write_log(rows, log_path)
+        print(f"error: {exc}; energy log up to that step: {log_path}", file=sys.stderr)
+        raise SystemExit(3) from None

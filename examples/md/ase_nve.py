@@ -32,10 +32,12 @@ def main():
 
     traj = Trajectory(args.output_dir / "nve.traj", "w", atoms)
     rows = []
+    guard = _helpers.make_guard(len(atoms), args.temperature, args.timestep, nve=True)
 
     def log():
         rows.append(energy_row(dyn.nsteps, args.timestep, atoms.get_potential_energy(),
                                atoms.get_kinetic_energy(), len(atoms)))
+        _helpers.check_or_stop(guard, rows[-1], atoms.positions, rows, args.output_dir / "nve_energy.csv")
 
     dyn.attach(traj.write, interval=10)
     dyn.attach(log, interval=10)

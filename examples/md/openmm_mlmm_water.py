@@ -116,12 +116,15 @@ def main():
     n = topology.getNumAtoms()
     dof = 3 * n - mixed.getNumConstraints() - 3  # rigid waters; CMMotionRemover
     rows = []
+    guard = _helpers.make_guard(dof / 3.0, 300.0, 0.5, nve=False)
     for step in range(0, args.steps + 1, 10):
         if step:
             simulation.step(10)
-        state = simulation.context.getState(getEnergy=True)
+        state = simulation.context.getState(getEnergy=True, getPositions=True)
         epot, ekin = openmm_energies_ev(state)
         rows.append(energy_row(step, 0.5, epot, ekin, dof / 3.0))  # T from the true degrees of freedom
+        _helpers.check_or_stop(guard, rows[-1], state.getPositions(asNumpy=True)._value, rows,
+                               args.output_dir / "mlmm_energy.csv")
     write_log(rows, args.output_dir / "mlmm_energy.csv")
     plot_energy(rows, args.output_dir / "mlmm_energy.png",
                 f"methanol (ML) in {topology.getNumResidues() - 1} TIP3P waters (MM, PME)")

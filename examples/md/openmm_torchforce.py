@@ -45,12 +45,15 @@ def main():
     simulation.reporters.append(app.PDBReporter(str(args.output_dir / "openmm.pdb"), 10))
 
     rows = []
+    guard = _helpers.make_guard(len(atoms), args.temperature, args.timestep, nve=args.ensemble == "nve")
     for step in range(0, args.steps + 1, 10):
         if step:
             simulation.step(10)
-        state = simulation.context.getState(getEnergy=True)
+        state = simulation.context.getState(getEnergy=True, getPositions=True)
         epot, ekin = openmm_energies_ev(state)
         rows.append(energy_row(step, args.timestep, epot, ekin, len(atoms)))
+        _helpers.check_or_stop(guard, rows[-1], state.getPositions(asNumpy=True)._value, rows,
+                               args.output_dir / "openmm_energy.csv")
     write_log(rows, args.output_dir / "openmm_energy.csv")
     plot_energy(rows, args.output_dir / "openmm_energy.png",
                 f"{args.molecule}: OpenMM TorchForce {args.ensemble.upper()} "
