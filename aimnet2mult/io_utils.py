@@ -51,14 +51,20 @@ def atomic_write(path: Union[str, Path], write: Callable[[str], None]) -> Path:
     except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise WriteError(exc.errno, f"could not write {path}: no space left on device "
-                                        f"({_free(path.parent)} free in {path.parent}); the previous file, if any, "
-                                        "is unchanged") from None
         if isinstance(exc, OSError):
-            raise WriteError(exc.errno, f"could not write {path}: {exc.strerror or exc}") from None
+            raise write_error(path, exc, "", "; the previous file, if any, is unchanged") from None
         raise
     return path
+
+
+def write_error(path: Union[str, Path], exc: OSError, where: str = "", note: str = "") -> "WriteError":
+    """'could not write PATH{where}: why{note}', with the free space when the disk is full."""
+    path = Path(path)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = f"no space left on device ({_free(path.parent)} free in {path.parent})"
+    else:
+        why = exc.strerror or str(exc)
+    return WriteError(exc.errno, f"could not write {path}{where}: {why}{note}")
 
 
 class WriteError(OSError):

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "systems unless the model's method is periodic)")
     parser.add_argument("--max-temperature", type=float,
                         help="K: stop when the temperature exceeds it (default max(10 x --temperature, 5000))")
-    parser.add_argument("--max-drift", type=float, default=0.05,
+    parser.add_argument("--max-drift", type=float, default=DEFAULT_MAX_DRIFT,
                         help="eV per atom: NVE stops when |E_tot - E_tot(0)| / N exceeds it (default 0.05)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-plot", action="store_true", help="no energy plot (PNG; needs matplotlib)")
@@ -145,11 +145,20 @@ class MDGuard:
                              f"exceeds --max-drift {self.max_drift:g} eV per atom" + hint)
 
 
+DEFAULT_MAX_DRIFT = 0.05  # eV per atom
+
+
+def default_guard(n_atoms: int, temperature: float, timestep: float, nve: bool,
+                  max_temperature: Optional[float] = None, max_drift: float = DEFAULT_MAX_DRIFT) -> MDGuard:
+    """The guard with its defaults: temperature limit max(10 x target, 5,000 K); the drift limit
+    only for NVE."""
+    limit = max_temperature if max_temperature is not None else max(10.0 * temperature, 5000.0)
+    return MDGuard(n_atoms, limit, max_drift if nve else None, timestep)
+
+
 def make_guard(args, n_atoms: int) -> MDGuard:
-    limit = args.max_temperature if getattr(args, "max_temperature", None) is not None else \
-        max(10.0 * args.temperature, 5000.0)
-    drift = getattr(args, "max_drift", 0.05) if args.ensemble == "nve" else None
-    return MDGuard(n_atoms, limit, drift, args.timestep)
+    return default_guard(n_atoms, args.temperature, args.timestep, args.ensemble == "nve",
+                         getattr(args, "max_temperature", None), getattr(args, "max_drift", DEFAULT_MAX_DRIFT))
 
 
 def run_in_chunks(advance, record, steps: int, interval: int, bar) -> None:
@@ -346,7 +355,7 @@ def run(args) -> int:
         raise ValueError(f"--friction must be >= 0 (1/ps), got {args.friction}")
     if getattr(args, "max_temperature", None) is not None and not args.max_temperature > args.temperature:
         raise ValueError(f"--max-temperature ({args.max_temperature}) must exceed --temperature ({args.temperature})")
-    if getattr(args, "max_drift", 0.05) is not None and not getattr(args, "max_drift", 0.05) > 0:
+    if not getattr(args, "max_drift", DEFAULT_MAX_DRIFT) > 0:
         raise ValueError(f"--max-drift must be a positive energy per atom (eV), got {args.max_drift}")
     if not getattr(args, "no_plot", False):
         import importlib.util
@@ -382,11 +391,9 @@ def run(args) -> int:
     except MDUnstable as exc:
         failure = exc
     except OSError as exc:  # the trajectory append failed (e.g. a full disk)
-        from .io_utils import WriteError
+        from .io_utils import write_error
 
-        why = "no space left on device" if exc.errno == 28 else (exc.strerror or str(exc))
-        step = rows[-1]["step"] if rows else 0
-        raise WriteError(exc.errno, f"could not write {traj} at step {step}: {why}") from None
+        raise write_error(traj, exc, f" at step {rows[-1]['step'] if rows else 0}") from None
     log = write_log(rows, prefix.with_name(prefix.name + "_energy.csv"))
     if failure is not None:
         import sys

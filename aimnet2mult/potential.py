@@ -44,9 +44,10 @@ from .nn.geometry import flat_geometry_vjp, min_real_distance
 from .nn.model import MultiFidelityAIMNet2
 from .nn.neighbors import TorchCellList
 from .nn.onednn import PackedWeights
+from .units import MIN_ATOM_DISTANCE
 
 #: closer than this (Å), two atoms are taken to be at the same position: an input error
-MIN_DISTANCE = 0.1
+MIN_DISTANCE = MIN_ATOM_DISTANCE
 #: a periodic cutoff sphere reaching more periodic images than this means the cell is too small
 MAX_IMAGES = 50000
 #: dense input larger than B * N * N pair slots is refused (about 2,000 atoms in one molecule):

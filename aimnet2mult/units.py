@@ -23,5 +23,9 @@ NM_TO_ANGSTROM = 10.0
 #: eV -> kcal/mol, used for training metrics as in the original description.
 EV_TO_KCAL_PER_MOL = 23.060547830619026
 
+#: Atoms closer than this (Å) count as coincident: the exported potential refuses such input and
+#: the training data loader refuses such molecules.
+MIN_ATOM_DISTANCE = 0.1
+
 #: Boltzmann constant in eV/K (CODATA 2018, exact), for MD temperatures.
 BOLTZMANN_EV_PER_K = 8.617333262e-5

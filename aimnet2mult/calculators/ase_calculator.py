@@ -138,6 +138,16 @@ class AIMNet2Mult(Calculator):
         settings = self.system_settings(atoms)
         if len(self.sources) > 1:
             self._check_settings(settings["fidelity"], self.parameters.get("coulomb", "auto"))
+        # outputs this fidelity does not provide are refused before any model call
+        first = self.sources[0].potential(settings["fidelity"])
+        if "magmoms" in properties or "magmom" in properties:
+            if not first.open_shell:
+                raise PropertyNotImplementedError("magnetic moments need an open-shell model (spin charges); "
+                                                  "this potential is closed-shell")
+            if first.untrained("spin_charges"):
+                raise PropertyNotImplementedError(first.untrained("spin_charges"))
+        if ("charges" in properties or "dipole" in properties) and first.untrained("charges"):
+            raise PropertyNotImplementedError(first.untrained("charges"))
         runs = []
         for src in self.sources:
             pot = src.potential(settings["fidelity"])
@@ -145,17 +155,6 @@ class AIMNet2Mult(Calculator):
                             cell=np.asarray(atoms.cell) if periodic else None,
                             pbc=atoms.pbc if periodic else None, dense_max_atoms=self.dense_max_atoms,
                             coulomb=self.parameters.get("coulomb", "auto")))
-        if "magmoms" in properties or "magmom" in properties:
-            pot = self.sources[0].potential(settings["fidelity"])
-            if not pot.open_shell:
-                raise PropertyNotImplementedError("magnetic moments need an open-shell model (spin charges); "
-                                                  "this potential is closed-shell")
-            if pot.untrained("spin_charges"):
-                raise PropertyNotImplementedError(pot.untrained("spin_charges"))
-        if "charges" in properties or "dipole" in properties:
-            pot = self.sources[0].potential(settings["fidelity"])
-            if pot.untrained("charges"):
-                raise PropertyNotImplementedError(pot.untrained("charges"))
         self.results = self._combine(runs, atoms, periodic)
 
     @staticmethod

@@ -38,6 +38,8 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 import h5py
 import numpy as np
 
+from ..units import MIN_ATOM_DISTANCE
+
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("coord", "numbers", "charge", "energy")
@@ -51,8 +53,6 @@ ITEM_DTYPES = {"coord": np.float32, "numbers": np.int64, "charge": np.float32, "
 MAX_Z = 118
 #: values read at once while validating (bounds memory for large groups)
 _CHUNK_VALUES = 4_000_000
-#: atoms closer than this (Å) are refused, the same limit the exported potential enforces
-MIN_DISTANCE = 0.1
 
 
 def _close_key(key: str) -> Optional[str]:
@@ -274,7 +274,7 @@ class SizeGroupedDataset(_View):
         comp_parts = []  # (start, zs, counts) per chunk
         self._mem: Dict[str, Dict[str, np.ndarray]] = {}
         total = 0
-        shortest: List[Tuple[float, str, int]] = []  # (median shortest H-X distance, group, n) for the unit check
+        shortest: List[float] = []  # median shortest H-X distance per chunk, for the unit check
         for natoms, name in groups:
             grp = fh[name]
             n = self._check_group(grp, name, natoms)
@@ -340,7 +340,7 @@ class SizeGroupedDataset(_View):
             raise DataError(f"{path}: empty file: no molecules in any group")
         self._check_electrons(charge, mult, comp_parts)
         if shortest:
-            med = float(np.median([s for s, _, _ in shortest]))
+            med = float(np.median(shortest))
             if med > 1.6:
                 log.warning("%s: the median shortest distance from a hydrogen atom is %.2f (typical X-H bonds are "
                             "0.95-1.1 Å): are the coordinates in Bohr? This format needs Å", path, med)
@@ -366,14 +366,14 @@ class SizeGroupedDataset(_View):
                      path, ", ".join(partial))
 
     def _check_geometry(self, name: str, start: int, coord: np.ndarray, numbers: np.ndarray,
-                        shortest: List[Tuple[float, str, int]]) -> None:
+                        shortest: List[float]) -> None:
         """Coincident or too-close atoms are errors (the exported potential would refuse them)."""
         dmin, pair = closest_pairs(coord)
-        bad = np.nonzero(dmin < MIN_DISTANCE)[0]
+        bad = np.nonzero(dmin < MIN_ATOM_DISTANCE)[0]
         if len(bad):
             r = int(bad[0])
             raise DataError(f"{_where(self._path, name, 'coord')}: atoms {pair[r, 0]} and {pair[r, 1]} of row "
-                            f"{start + r} are {dmin[r]:.3g} Å apart (closer than {MIN_DISTANCE} Å: coincident "
+                            f"{start + r} are {dmin[r]:.3g} Å apart (closer than {MIN_ATOM_DISTANCE} Å: coincident "
                             f"atoms); {len(bad)} such molecule(s) in rows {start}..{start + len(coord) - 1}")
         has_h = (numbers == 1).any(axis=1)
         if has_h.any() and coord.shape[1] >= 2:
@@ -382,7 +382,7 @@ class SizeGroupedDataset(_View):
             d = np.linalg.norm(c[:, :, None] - c[:, None], axis=-1)
             d[:, np.arange(c.shape[1]), np.arange(c.shape[1])] = np.inf
             d = np.where((numbers[rows] == 1)[:, :, None], d, np.inf).min(axis=(1, 2))
-            shortest.append((float(np.median(d)), name, len(rows)))
+            shortest.append(float(np.median(d)))
 
     def _check_electrons(self, charge, mult, comp_parts) -> None:
         """Integer charges, a non-negative electron count and a multiplicity of matching parity."""

@@ -28,10 +28,6 @@ def _list_int(s: str) -> list[int]:
     return [int(x) for x in _list_str(s)]
 
 
-def _list_int(s: str) -> list[int]:
-    return [int(x) for x in _list_str(s)]
-
-
 def _list_float(s: str) -> list[float]:
     return [float(x) for x in _list_str(s)]
 

@@ -273,10 +273,17 @@ def label_chunks(wd: Workdir, sel: dict[str, np.ndarray], workers: int, chunk: i
             store(k, _label_chunk(job))
     else:
         # spawn + OMP_NUM_THREADS=1 in the children's environment: one OpenMP thread per worker
+        previous = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for k, res in zip(todo, pool.imap(_label_chunk, jobs())):
-                store(k, res)
+        try:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for k, res in zip(todo, pool.imap(_label_chunk, jobs())):
+                    store(k, res)
+        finally:
+            if previous is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = previous
     prog.close()
     return len(todo)
 

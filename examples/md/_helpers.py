@@ -85,11 +85,10 @@ def resolve_model(model, fidelity=None):
 
 
 def make_guard(n_atoms: float, temperature: float, timestep_fs: float, nve: bool):
-    """The guard of ``aimnet2mult md`` with its defaults: non-finite values, a temperature above
-    max(10 x target, 5,000 K), and for NVE a drift above 0.05 eV per atom stop the run."""
-    from aimnet2mult.md import MDGuard
+    """The guard of ``aimnet2mult md`` with its defaults (``aimnet2mult.md.default_guard``)."""
+    from aimnet2mult.md import default_guard
 
-    return MDGuard(int(round(n_atoms)), max(10.0 * temperature, 5000.0), 0.05 if nve else None, timestep_fs)
+    return default_guard(int(round(n_atoms)), temperature, timestep_fs, nve)
 
 
 def check_or_stop(guard, row, positions, rows, log_path) -> None:
