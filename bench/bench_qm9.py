@@ -83,7 +83,8 @@ def run_spec(args, arm: str, n_high: int, n_low: int) -> dict:
     name = run_name(arm, n_high, n_low, args.steps, args.tag)
     return {"arm": arm, "n_high": n_high, "n_low": n_low if ARMS[arm]["multi"] else 0, "steps": args.steps,
             "name": name, "dir": str(Path(args.out).resolve() / "runs" / name), "overrides": ov,
-            "test": str(data / f"{kind}_test.h5"), "threads": args.threads,
+            "test": str(data / f"{kind}_test.h5"), "threads": args.threads, "tag": args.tag,
+            "test_low": str(data / "gfn2_test.h5") if ARMS[arm]["multi"] else None,
             "model_yaml": str(Path(args.model).resolve()) if args.model else None}
 
 
@@ -114,6 +115,11 @@ def run_one(spec: dict) -> dict:
     row = evaluate_files([spec["test"]], str(model), 0)[0]
     history = json.loads((run_dir / "model_run" / "history.json").read_text())
     result = {k: spec[k] for k in ("arm", "n_high", "n_low", "steps", "name")}
+    result["tag"] = spec.get("tag", "")
+    if spec.get("test_low") and Path(spec["test_low"]).exists():
+        # how well the cheap level itself was learned: what the expensive one can transfer from
+        low = evaluate_files([spec["test_low"]], str(model), 1)[0]
+        result.update({"E_mae_fid1": low["E_mae"], "F_mae_fid1": low.get("F_mae")})
     result.update({"E_mae": row["E_mae"], "E_rmse": row["E_rmse"], "n_test": row["n_molecules"],
                    "test_file": spec["test"], "train_seconds_this_call": train_s,
                    "overrides": spec["overrides"], "final_lr": history[-1].get("lr") if history else None,
@@ -160,18 +166,19 @@ def collect(specs: list) -> list:
 
 
 def summary(rows: list, arms: list) -> str:
-    single = {(r["n_high"], r["steps"]): r["E_mae"] for r in rows if r["arm"] == "single"}
-    delta = {(r["n_high"], r["steps"]): r["E_mae"] for r in rows if r["arm"] == "delta"}
-    lines = ["| N_high | N_low | steps | arm | E MAE (kcal/mol) | / single | / Delta |",
-             "|---|---|---|---|---|---|---|"]
+    single = {(r["n_high"], r["steps"]): r["E_mae"] for r in rows if r["arm"] == "single" and not r.get("tag")}
+    delta = {(r["n_high"], r["steps"]): r["E_mae"] for r in rows if r["arm"] == "delta" and not r.get("tag")}
+    lines = ["| N_high | N_low | steps | arm | recipe | E MAE (kcal/mol) | / single | / Delta | GFN2 MAE (fid 1) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     order = {a: i for i, a in enumerate(arms)}
     for r in sorted(rows, key=lambda r: (r["steps"], r["n_high"], r["n_low"], order.get(r["arm"], 99))):
         s, d = single.get((r["n_high"], r["steps"])), delta.get((r["n_high"], r["steps"]))
-        lines.append(f"| {r['n_high']} | {r['n_low'] or '-'} | {r['steps']} | {ARMS[r['arm']]['label']} | "
-                     f"{r['E_mae']:.3f} | {r['E_mae'] / s:.3f} |" if s else
-                     f"| {r['n_high']} | {r['n_low'] or '-'} | {r['steps']} | {ARMS[r['arm']]['label']} | "
-                     f"{r['E_mae']:.3f} | - |")
-        lines[-1] += f" {r['E_mae'] / d:.3f} |" if d else " - |"
+        head = (f"| {r['n_high']} | {r['n_low'] or '-'} | {r['steps']} | {ARMS[r['arm']]['label']} | "
+                f"{r.get('tag') or '-'} | {r['E_mae']:.3f} |")
+        head += f" {r['E_mae'] / s:.3f} |" if s else " - |"
+        head += f" {r['E_mae'] / d:.3f} |" if d else " - |"
+        head += f" {r['E_mae_fid1']:.3f} |" if r.get("E_mae_fid1") is not None else " - |"
+        lines.append(head)
     return "\n".join(lines) + "\n"
 
 

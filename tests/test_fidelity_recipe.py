@@ -17,6 +17,7 @@ from aimnet2mult.data.sampler import MixedFidelityBatchSampler
 from aimnet2mult.export import export_potential, load_potential
 from aimnet2mult.model_config import ConfigError
 from aimnet2mult.train.fidelity_init import copy_fidelity, parse_schedule
+from aimnet2mult.train.loss import MaskedMultiTaskLoss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,6 +54,32 @@ def test_copy_fidelity_starts_target_equal_to_source(readouts):
     e0, e1 = model(_inputs(0))["energy"], model(_inputs(1))["energy"]
     assert torch.equal(e0, e1)
     assert torch.equal(model(_inputs(2))["energy"].detach(), e2_before)
+
+
+def test_per_fidelity_loss_weights_match_a_hand_computed_loss():
+    torch.manual_seed(0)
+    n_atoms = torch.tensor([3, 2, 2])
+    numbers = torch.tensor([[6, 1, 1], [8, 1, 0], [7, 1, 0]])
+    ref = {"numbers": numbers, "energy": torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64),
+           "fidelity": torch.tensor([0, 1, 0]), "forces": torch.randn(3, 3, 3),
+           "forces_mask": torch.tensor([False, True, False])}
+    pred = {"energy": torch.tensor([1.3, 1.8, 3.4], dtype=torch.float64), "forces": torch.randn(3, 3, 3)}
+    e_err = ((pred["energy"] - ref["energy"]) / n_atoms) ** 2
+    f_err = ((pred["forces"][1, :2] - ref["forces"][1, :2]) ** 2).mean()
+    plain = MaskedMultiTaskLoss({"energy": {"weight": 1.0}, "forces": {"weight": 0.2}})
+    weighted = MaskedMultiTaskLoss({"energy": {"weight": 1.0}, "forces": {"weight": 0.2}},
+                                   {"0": {"energy": 50.0}, 1: {"forces": {"weight": 2.0}}})
+    total, terms = plain(pred, ref)
+    assert total.item() == pytest.approx(e_err.mean().item() + 0.2 * f_err.item(), rel=1e-6)
+    total_w, terms_w = weighted(pred, ref)
+    expect = (50.0 * e_err[0] + e_err[1] + 50.0 * e_err[2]) / 3 + 2.0 * f_err
+    assert total_w.item() == pytest.approx(expect.item(), rel=1e-6)
+    # the logged terms stay the unweighted means
+    assert terms_w["energy"].item() == pytest.approx(terms["energy"].item(), rel=1e-12)
+    for bad, message in [({"x": {"energy": 1.0}}, "not a fidelity index"), ({0: {"dipole": 1.0}}, "not a loss term"),
+                         ({0: {"energy": -1.0}}, "finite number >= 0"), ({0: 3.0}, "must map loss terms")]:
+        with pytest.raises(ValueError, match=message):
+            MaskedMultiTaskLoss({"energy": {"weight": 1.0}}, bad)
 
 
 def test_schedule_validation():

@@ -14,6 +14,8 @@ sizes. Batches mix fidelities and molecule sizes.
   seed, so every epoch has the same length). A positive value is the number of batches of an epoch
   over all replicas.
 
+Resuming mid-epoch: :meth:`skip_next` makes the next iteration start at a given batch of its epoch.
+
 ``paused_until_epoch`` ({fidelity: E}): that fidelity is not drawn in epochs 1..E (the other
 fidelities' weights are renormalised); epochs count from 1 as :class:`~aimnet2mult.train.engine.EpochData`
 sets them. Used for low-fidelity pretraining (:mod:`aimnet2mult.train.fidelity_init`).
@@ -156,6 +158,7 @@ class MixedFidelityBatchSampler(Sampler):
         self._cache_key = None
         self._cache: List[np.ndarray] = []
         self._n_global: Optional[int] = None
+        self._skip = 0
 
     # -- epochs ----------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -231,6 +234,13 @@ class MixedFidelityBatchSampler(Sampler):
         return batches
 
     # -- Sampler interface -------------------------------------------------------------------
+    def skip_next(self, n_batches: int) -> None:
+        """Make the next iteration start at its batch ``n_batches`` (resuming mid-epoch: the batches
+        already trained on are not drawn again)."""
+        if n_batches < 0 or n_batches >= len(self):
+            raise ValueError(f"cannot skip {n_batches} of the {len(self)} batches of an epoch")
+        self._skip = int(n_batches)
+
     def __iter__(self) -> Iterator[List[int]]:
         epoch = self.epoch
         self.epoch = epoch + 1
@@ -238,7 +248,8 @@ class MixedFidelityBatchSampler(Sampler):
         mine = batches[self.rank::self.num_replicas]
         if self.shuffle:
             mine = mine[:self._per_rank()]
-        for b in mine:
+        skip, self._skip = self._skip, 0
+        for b in mine[skip:]:
             yield [int(i) for i in b]
 
     def __len__(self) -> int:

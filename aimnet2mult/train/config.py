@@ -93,6 +93,7 @@ def _check_unknown(cfg: Dict[str, Any], ref: Dict[str, Any], prefix: str) -> Non
     free = {"data.fidelity_datasets", "data.val_fidelity_datasets", "data.fidelity_weights", "data.sae.energy.files",
             "data.labels_include_dispersion", "data.dispersion", "fidelity_names", "optimizer.kwargs",
             "optimizer.param_groups", "scheduler.kwargs", "wandb.init", "loss.kwargs.components",
+            "loss.kwargs.fidelity_components",
             "data.samplers.train.kwargs", "data.samplers.val.kwargs", "data.loaders.train", "data.loaders.val",
             "scheduler", "fidelity_schedule.init_from"}
     for key, value in cfg.items():

@@ -144,11 +144,13 @@ def evaluate(model: nn.Module, loader, loss_fn: MaskedMultiTaskLoss, device: tor
 
 class EpochData:
     """Iterable over a DataLoader that advances the batch sampler's epoch on every new pass, so a
-    run resumed after epoch e draws exactly the batches an uninterrupted run draws."""
+    run resumed after epoch e draws exactly the batches an uninterrupted run draws; with
+    ``skip_batches`` the first pass starts at that batch of its epoch (a mid-epoch resume)."""
 
-    def __init__(self, loader, start_epoch: int = 0):
+    def __init__(self, loader, start_epoch: int = 0, skip_batches: int = 0):
         self.loader = loader
         self.epoch = start_epoch
+        self.skip_batches = int(skip_batches)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -158,6 +160,11 @@ class EpochData:
         sampler = getattr(self.loader, "batch_sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
+        if self.skip_batches:
+            if not hasattr(sampler, "skip_next"):
+                raise RuntimeError("resuming mid-epoch needs the mixed-fidelity batch sampler")
+            sampler.skip_next(self.skip_batches)
+            self.skip_batches = 0
         return iter(self.loader)
 
 

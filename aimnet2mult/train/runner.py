@@ -206,7 +206,15 @@ class Trainer:
                 find_unused_parameters=True)
         self.model = model
         self.scheduler, self.scheduler_mode = build_scheduler(self.optimizer, cfg.get("scheduler"))
-        self.loss_fn = MaskedMultiTaskLoss(cfg["loss"]["kwargs"]["components"])
+        try:
+            self.loss_fn = MaskedMultiTaskLoss(cfg["loss"]["kwargs"]["components"],
+                                               cfg["loss"]["kwargs"].get("fidelity_components"))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        missing = sorted(set(self.loss_fn.fidelity_components) - set(range(self.model_cfg["num_fidelities"])))
+        if missing:
+            raise ConfigError(f"loss.kwargs.fidelity_components names fidelities {missing}; this run has "
+                              f"fidelities 0..{self.model_cfg['num_fidelities'] - 1}")
         self.history: List[Dict[str, float]] = []
         self.best: List[Dict[str, Any]] = []
         self.data_wait = 0.0
@@ -218,7 +226,8 @@ class Trainer:
                  "scheduler": plain_state(self.scheduler.state_dict()) if self.scheduler is not None else None,
                  "epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration),
                  "epoch_complete": engine.state.iteration % max(len(self.train_loader), 1) == 0,
-                 "rng": rng_state(), "history": self.history, "best": self.best, "data": self.data_fingerprint}
+                 "rng": rng_state(), "history": self.history, "best": self.best, "data": self.data_fingerprint,
+                 "epoch_losses": [float(x) for x in self._epoch_losses]}
         cfg = dict(self.cfg, model_config=self.model_cfg)
         return make_checkpoint(unwrap(self.model), self.model_cfg, self.fidelities, train_config=cfg,
                                training_state=state, source={"trained_with": f"aimnet2mult {__version__}"})
@@ -297,6 +306,7 @@ class Trainer:
         step = TrainStep(self.model, self.optimizer, self.loss_fn, self.device, cfg["trainer"].get("grad_clip"))
         trainer = Engine(step)
         self._epoch_losses: List[float] = []
+        self._resumed_mid_epoch = -1
         self.last_metrics = None
         self.start_wandb()
         start_epoch = 0
@@ -305,18 +315,31 @@ class Trainer:
             if not ts:
                 raise CheckpointError("--resume: the checkpoint holds no training state (use --load to start from "
                                       "its weights instead)")
-            if not ts.get("epoch_complete", True):
-                log.warning("--resume: the checkpoint was written mid-epoch (interrupted); resuming after "
-                            "its last completed epoch %d", ts["epoch"] - 1)
             self.optimizer.load_state_dict(ts["optimizer"])
             if self.scheduler is not None and ts.get("scheduler") is not None:
                 self.scheduler.load_state_dict(ts["scheduler"])
             set_rng_state(ts["rng"])
             self.history, self.best = list(ts.get("history", [])), list(ts.get("best", []))
-            start_epoch = int(ts["epoch"]) if ts.get("epoch_complete", True) else int(ts["epoch"]) - 1
-            trainer.load_state_dict({"epoch": start_epoch, "max_epochs": epochs,
-                                     "epoch_length": len(self.train_loader)})
-            log.info("resumed from epoch %d (iteration %d)", start_epoch, start_epoch * len(self.train_loader))
+            length = len(self.train_loader)
+            if ts.get("epoch_complete", True):
+                start_epoch = int(ts["epoch"])
+                trainer.load_state_dict({"epoch": start_epoch, "max_epochs": epochs, "epoch_length": length})
+                log.info("resumed after epoch %d (iteration %d)", start_epoch, start_epoch * length)
+            else:
+                # written mid-epoch (interrupted): continue with the epoch's next batch, the weights,
+                # optimizer, scheduler and random state of that moment
+                iteration = int(ts["iteration"])
+                start_epoch = int(ts["epoch"]) - 1
+                skip = iteration - start_epoch * length
+                if not 0 < skip < length:
+                    raise CheckpointError(f"--resume: the checkpoint's iteration {iteration} does not lie inside "
+                                          f"its epoch {ts['epoch']} of {length} batches (was the batch size or "
+                                          "batches_per_epoch changed?)")
+                trainer.load_state_dict({"iteration": iteration, "max_epochs": epochs, "epoch_length": length})
+                self._resumed_mid_epoch = int(ts["epoch"])
+                self._epoch_losses = [float(x) for x in ts.get("epoch_losses", [])]
+                log.info("resumed inside epoch %d at iteration %d (batch %d of %d)", ts["epoch"], iteration,
+                         skip + 1, length)
         if self.scheduler_mode == "iteration":
             trainer.add_event_handler(Events.ITERATION_STARTED, self.scheduler)
         elif self.scheduler_mode == "epoch":
@@ -334,8 +357,12 @@ class Trainer:
 
         @trainer.on(Events.EPOCH_STARTED)
         def _epoch_start(engine):
-            self._epoch_losses = []
             timer["epoch"] = time.perf_counter()
+            if engine.state.epoch == self._resumed_mid_epoch:
+                # the checkpoint's epoch goes on: its start (losses so far, fidelity copy) happened before
+                self._resumed_mid_epoch = -1
+                return
+            self._epoch_losses = []
             if engine.state.epoch == self.schedule["pretrain_epochs"] + 1:
                 for target, source in sorted(self.schedule["init_from"].items()):
                     for line in copy_fidelity(unwrap(self.model), target, source):
@@ -376,7 +403,8 @@ class Trainer:
 
             ProgressBar(persist=False).attach(trainer, output_transform=lambda out: {"loss": out["loss"]})
 
-        data = EpochData(self.train_loader, start_epoch)
+        data = EpochData(self.train_loader, start_epoch,
+                         trainer.state.iteration - start_epoch * len(self.train_loader))
         # SIGINT (Ctrl-C) and SIGTERM (what Slurm and kill send at a time limit) both stop after the
         # current iteration and write last.pt
         handled = (signal.SIGINT, signal.SIGTERM)
@@ -384,26 +412,42 @@ class Trainer:
         interrupted: Dict[str, Any] = {"signal": None}
 
         def _on_signal(signum, frame):
+            if interrupted["signal"] is None:
+                log.warning("%s: stopping after the current iteration and saving the last checkpoint",
+                            signal.Signals(signum).name)
             interrupted["signal"] = signum
-            log.warning("%s: stopping after the current iteration and saving the last checkpoint",
-                        signal.Signals(signum).name)
-            trainer.terminate()
+
+        # the stop happens between iterations; after an epoch's last batch only once the epoch's
+        # handlers (validation, history, last.pt) have run, so a checkpoint is mid-epoch or complete
+        @trainer.on(Events.ITERATION_COMPLETED)
+        def _stop_inside_epoch(engine):
+            if interrupted["signal"] is not None and engine.state.iteration % len(self.train_loader):
+                engine.terminate()
+
+        @trainer.on(Events.EPOCH_COMPLETED)
+        def _stop_after_epoch(engine):
+            if interrupted["signal"] is not None:
+                engine.terminate()
 
         if self.rank == 0:
             for s in handled:
                 signal.signal(s, _on_signal)
+        log.info("training: %d epochs of %d batches, from iteration %d", epochs, len(self.train_loader),
+                 trainer.state.iteration)
         try:
             if start_epoch < epochs:
                 trainer.run(data, max_epochs=epochs, epoch_length=len(self.train_loader))
+            done = trainer.state.iteration >= epochs * len(self.train_loader)
+            if interrupted["signal"] is not None and not done:
+                self.save_last(trainer)
+                log.warning("interrupted: last checkpoint %s", self.run_dir / "last.pt")
+                raise TrainingInterrupted(int(interrupted["signal"]))
+            # a signal while the final model is written waits for it: the run has finished
+            return self.finish(trainer)
         finally:
             if self.rank == 0:
                 for s in handled:
                     signal.signal(s, previous[s])
-        if interrupted["signal"] is not None:
-            self.save_last(trainer)
-            log.warning("interrupted: last checkpoint %s", self.run_dir / "last.pt")
-            raise TrainingInterrupted(int(interrupted["signal"]))
-        return self.finish(trainer)
 
     def finish(self, trainer) -> Path:
         if self.rank == 0:
