@@ -132,6 +132,28 @@ def test_commands_never_write_over_their_inputs(tmp_path, files, capsys):
                  "--steps", "2"]) == 2
     assert "refusing to write" in capsys.readouterr().err
     assert xyz.read_bytes() == structure
+    # training: --save over a data file or its config; compile: --output over the checkpoint
+    (tmp_path / "t.yaml").write_text("trainer:\n  epochs: 1\n")
+    config = (tmp_path / "t.yaml").read_bytes()
+    for save in (data, tmp_path / "t.yaml"):
+        argv = ["train", "--config", str(tmp_path / "t.yaml"), "--save", str(save), f"data.fidelity_datasets.0={data}"]
+        assert main(argv) == 2
+        assert "refusing to write" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "t.yaml"), "--save", str(tmp_path / "t.pt"),
+                 f"data.fidelity_datasets.0={data}", "--load", str(tmp_path / "t.pt")]) == 2
+    assert "refusing to write" in capsys.readouterr().err
+    assert (tmp_path / "t.yaml").read_bytes() == config and data.read_bytes() == before
+    ckpt = tmp_path / "copy.pt"
+    shutil.copy(files["pt"], ckpt)
+    weights = ckpt.read_bytes()
+    assert main(["compile", "--weights", str(ckpt), "--output", str(ckpt).replace(".pt", ".jpt"),
+                 "--fidelity-level", "0"]) == 0
+    capsys.readouterr()
+    link = tmp_path / "link_fid0.jpt"
+    link.symlink_to(ckpt)
+    assert main(["compile", "--weights", str(ckpt), "--output", str(tmp_path / "link"), "--fidelity-level", "0"]) == 2
+    assert "refusing to write" in capsys.readouterr().err
+    assert ckpt.read_bytes() == weights
     assert main(["evaluate", str(data), "--model", str(files["pt"]), "--fidelity", "0", "--batch-size", "-3"]) == 2
     assert "--batch-size must be a positive integer" in capsys.readouterr().err
 

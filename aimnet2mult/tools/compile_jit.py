@@ -193,9 +193,12 @@ def _load(args) -> Dict[str, Any]:
 def run(args) -> Path:
     from ..checkpoint import checkpoint_hash, fidelity_index
     from ..export import export_potential
+    from ..io_utils import refuse_to_overwrite_inputs
 
     ckpt = _load(args)
     k = fidelity_index(ckpt, args.fidelity_level)
+    output = args.output if str(args.output).endswith(".jpt") else f"{args.output}_fid{k}.jpt"
+    refuse_to_overwrite_inputs([output], [args.weights], "compile --output")
     if args.num_fidelities is not None and k >= args.num_fidelities:
         raise CheckpointError(f"--fidelity-level {k} >= --num-fidelities {args.num_fidelities}")
     _check_agreement(args, ckpt, k)

@@ -13,6 +13,7 @@ paths resolve against the current directory. --load starts from another checkpoi
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from ..checkpoint import CheckpointError
@@ -31,13 +32,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value configuration overrides (dotted keys)")
 
 
+def training_outputs(save: str) -> List[str]:
+    """Files next to ``--save`` that a run writes: the model and its configuration."""
+    stem = Path(save)
+    return [save, str(stem.with_name(f"{stem.stem}_config.yaml"))]
+
+
+def training_inputs(args, cfg) -> List[str]:
+    """Every file a run reads: configs, architecture, --load/--resume, data and SAE files."""
+    data = cfg.get("data") or {}
+    files = list(args.config) + [args.model, args.load, args.resume]
+    for key in ("fidelity_datasets", "val_fidelity_datasets"):
+        files += [str(v) for v in (data.get(key) or {}).values() if v]
+    files += [str(v) for v in (((data.get("sae") or {}).get("energy") or {}).get("files") or {}).values() if v]
+    return [f for f in files if f]
+
+
 def run(args) -> int:
     from ..data.h5dataset import DataError
+    from ..io_utils import refuse_to_overwrite_inputs
     from .config import load_train_config
     from .runner import run_training
 
     try:
         cfg = load_train_config(args.config, args.overrides)
+        refuse_to_overwrite_inputs(training_outputs(args.save), training_inputs(args, cfg), "train --save")
         path = run_training(cfg, args.save, model_yaml=args.model, load=args.load, resume=args.resume,
                             progress=not args.no_progress, overwrite=args.overwrite)
     except (ConfigError, CheckpointError, DataError, OSError, FloatingPointError, ValueError) as exc:
