@@ -184,18 +184,12 @@ class Potential(nn.Module):
             raise ValueError("the batch is empty: 'coord' has shape {}; give at least one molecule with at "
                              "least one atom".format(list(coord.shape)))
         for key in ["charge", "mult"]:
-            if key in data:
-                if data[key].shape != torch.Size([b]):
-                    raise ValueError("'{}' must have shape (B,) = [{}], got {}".format(key, b, list(data[key].shape)))
-                if not bool(torch.isfinite(data[key].to(torch.float64)).all()):
-                    raise ValueError("'{}' contains NaN or infinite values".format(key))
-        if not bool(torch.isfinite(coord).all()):
-            raise ValueError("'coord' contains NaN or infinite values")
-        self._check_elements(numbers)
+            if key in data and data[key].shape != torch.Size([b]):
+                raise ValueError("'{}' must have shape (B,) = [{}], got {}".format(key, b, list(data[key].shape)))
+        if bool((numbers < 0).any()):
+            self._check_elements(numbers)  # names the bad value (0 is padding here, not an error)
         if bool((numbers != 0).sum(1).eq(0).any()):
             raise ValueError("a molecule of the batch has no atoms (all numbers are 0)")
-        if "mult" in data:
-            self._check_mult(data["mult"])
 
     def _per_molecule(self, data: Dict[str, Tensor], key: str, n_mol: int, default: float,
                       dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -318,8 +312,11 @@ class Potential(nn.Module):
                             what, axis, _rounded(width, 3), _rounded(cutoff, 2), self.max_images))
 
     # ------------------------------------------------------------------------------ neighbour lists
-    def _long_range_cutoff(self, n_atoms: int, volume: float, periodic: bool) -> Tuple[float, str]:
-        """(cutoff, what): -1 = all pairs of each molecule, 0 = no long-range terms."""
+    def _long_range_cutoff(self, n_atoms: int, volume: float, periodic: bool,
+                           all_pairs: bool = False) -> Tuple[float, str]:
+        """(cutoff, what): -1 = all pairs of each molecule, 0 = no long-range terms. ``all_pairs``
+        (isolated molecules given in the dense layout): every long-range term sums all pairs of
+        each molecule, as the dense contract promises."""
         cut = 0.0
         what = "the network"
         if self.model.coulomb.method != "none":
@@ -330,16 +327,18 @@ class Potential(nn.Module):
                 if disp.cutoff > cut:
                     cut = disp.cutoff
                     what = "D3 dispersion"
+        if all_pairs and not periodic and cut != 0.0:
+            cut = -1.0
         return cut, what
 
     def _lists(self, coord: Tensor, cell: Tensor, pbc: Tensor, periodic: bool, mol_idx: Tensor,
-               n_mol: int, skin: float) -> Dict[str, Tensor]:
+               n_mol: int, skin: float, all_pairs: bool = False) -> Dict[str, Tensor]:
         n = coord.shape[0]
         volume = 0.0
         if periodic:
             volume = abs(float(torch.linalg.det(cell.detach().to(torch.float64))))
         sr = self.model.cutoff + skin
-        lr, what = self._long_range_cutoff(n, volume, periodic)
+        lr, what = self._long_range_cutoff(n, volume, periodic, all_pairs)
         if lr > 0.0:
             lr = lr + skin
         if periodic:
@@ -408,56 +407,29 @@ class Potential(nn.Module):
         return self._forward_dense(data)
 
     def _forward_dense(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Dense batch (B, N) -> the flat path on its real atoms (padding dropped, ``mol_idx`` from
+        the batch row, every long-range pair of each molecule summed), results scattered back to
+        (B, N, ...) with zeros at padding: one evaluation path, the fast one, for both layouts."""
         self._validate(data)
-        dtype = self.model.backbone.embedding.weight.dtype
         numbers = data["numbers"].to(torch.long)
-        coord = data["coord"].detach()
-        if coord.dtype != dtype:
-            # float64 input far from the origin: move each molecule's centroid to the origin before the
-            # cast, so that float32 keeps its precision (energies and forces are translation invariant)
-            real = (numbers != 0).to(coord.dtype).unsqueeze(-1)
-            centre = (coord * real).sum(1, keepdim=True) / real.sum(1, keepdim=True)
-            coord = coord - centre
-        coord = coord.to(dtype)
-        b = coord.shape[0]
-        inp: Dict[str, Tensor] = {"numbers": numbers}
-        if "charge" in data:
-            inp["charge"] = data["charge"].to(dtype)
-        else:
-            inp["charge"] = torch.zeros(b, dtype=dtype, device=coord.device)
-        if "mult" in data:
-            inp["mult"] = data["mult"].to(dtype)
-        else:
-            inp["mult"] = torch.ones(b, dtype=dtype, device=coord.device)
-        # forces need autograd even when the caller runs under no_grad (TorchScript has no
-        # enable_grad context manager, so the mode is set and restored by hand)
-        grad_was_enabled = torch.is_grad_enabled()
-        torch.set_grad_enabled(True)
-        coord.requires_grad_(True)
-        inp["coord"] = coord
-        out = self.model(inp)
-        energy = out["energy"] + nbops.mol_sum(self.sae[numbers], out)
-        e_disp = torch.zeros(b, dtype=torch.float64, device=coord.device)
-        for disp in self.dispersion:
-            e_disp = e_disp + disp(numbers, out["d_ij"], out["pair_mask"], out, "nbmat")
-        energy = energy + e_disp
-        grads = torch.autograd.grad([energy.sum()], [coord])
-        torch.set_grad_enabled(grad_was_enabled)
-        if float(min_real_distance(out["d_ij"].detach(), out["pair_mask"])) < self.min_distance:
-            raise ValueError("two atoms are closer than {} Å (coincident atoms): check the coordinates".format(
-                self.min_distance))
-        forces = grads[0]
-        if forces is None:
-            forces = torch.zeros_like(coord)
-        result: Dict[str, Tensor] = {
-            "energy": energy.detach(),
-            "forces": -forces.detach(),
-            "dispersion_energy": e_disp.detach(),
-        }
-        if self.report_charges:
-            result["charges"] = out["charges"].detach()
-        if self.report_spin_charges:
-            result["spin_charges"] = out["spin_charges"].detach()
+        b, n_pad = numbers.shape[0], numbers.shape[1]
+        index = (numbers != 0).reshape(-1).nonzero().squeeze(-1)
+        rows = torch.arange(b, device=numbers.device).unsqueeze(1).expand(b, n_pad).reshape(-1)
+        flat: Dict[str, Tensor] = {"coord": data["coord"].reshape(-1, 3)[index],
+                                   "numbers": numbers.reshape(-1)[index], "mol_idx": rows[index]}
+        for key in ["charge", "mult"]:
+            if key in data:
+                flat[key] = data[key]
+        out = self._forward_flat(flat, True)
+        result: Dict[str, Tensor] = {"energy": out["energy"], "dispersion_energy": out["dispersion_energy"]}
+        forces = out["forces"]
+        result["forces"] = torch.zeros(b * n_pad, 3, dtype=forces.dtype, device=forces.device).index_copy(
+            0, index, forces).view(b, n_pad, 3)
+        for key in ["charges", "spin_charges"]:
+            if key in out:
+                atomic = out[key]
+                result[key] = torch.zeros(b * n_pad, dtype=atomic.dtype, device=atomic.device).index_copy(
+                    0, index, atomic).view(b, n_pad)
         return result
 
     def _forces_by_hand(self, has_lr_pairs: bool, periodic: bool) -> bool:
@@ -498,7 +470,7 @@ class Potential(nn.Module):
             seeds.append(g_lr)
         return torch.autograd.grad(outputs, leaves, grad_outputs=seeds, allow_unused=True)
 
-    def _forward_flat(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    def _forward_flat(self, data: Dict[str, Tensor], all_pairs: bool = False) -> Dict[str, Tensor]:
         mol_idx, n_mol = self._validate_flat(data)
         dtype = self.model.backbone.embedding.weight.dtype
         coord = data["coord"].detach()
@@ -520,11 +492,11 @@ class Potential(nn.Module):
         volume = 0.0
         if periodic:
             volume = abs(float(torch.linalg.det(cell.to(torch.float64))))
-        lr_cut, what = self._long_range_cutoff(n, volume, periodic)
+        lr_cut, what = self._long_range_cutoff(n, volume, periodic, all_pairs)
         if "nbmat" in data:
             lists = self._given_lists(data, n, lr_cut != 0.0)
         else:
-            lists = self._lists(coord, cell, pbc, periodic, mol_idx, n_mol, 0.0)
+            lists = self._lists(coord, cell, pbc, periodic, mol_idx, n_mol, 0.0, all_pairs)
 
         hand = self._forces_by_hand("pairs_lr" in lists, periodic)
         grad_was_enabled = torch.is_grad_enabled()
