@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from . import __version__
+from . import __version__, jit
 from .checkpoint import (
     LABELLED_OUTPUTS,
     CheckpointError,
@@ -249,11 +249,11 @@ def export_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int
     meta = dict(pot.metadata)
     del pot.metadata
     meta["source_checkpoint_sha256"] = source_hash
-    scripted = torch.jit.script(pot)
+    scripted = jit.script(pot)
     output = str(output)
     path = Path(output if output.endswith(".jpt") else f"{output}_fid{k}.jpt")
     extra = {METADATA_FILE: json.dumps(meta, indent=1)}
-    atomic_write_bytes(path, serialized(lambda buf: torch.jit.save(scripted, buf, _extra_files=extra)))
+    atomic_write_bytes(path, serialized(lambda buf: jit.save(scripted, buf, _extra_files=extra)))
     return path
 
 
@@ -287,7 +287,7 @@ def load_potential(path: Union[str, Path], device: Union[str, torch.device] = "c
                          f"build ({torch.__version__}) has no oneDNN (torch.backends.mkldnn.is_available() is "
                          "False); export it again with AIMNET2MULT_ONEDNN=0 in the environment")
     try:
-        module = torch.jit.load(str(path), map_location=device)
+        module = jit.load(str(path), map_location=device)
     except RuntimeError as exc:
         if "Unknown type name" in str(exc):
             raise ValueError(f"{path}: the potential needs the extension(s) {meta.get('requires_extensions')} "

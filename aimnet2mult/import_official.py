@@ -12,6 +12,7 @@ from typing import Any, Dict, Union
 
 import torch
 
+from . import jit
 from .checkpoint import CheckpointError, fidelity_entry, make_checkpoint
 from .model_config import model_config
 from .nn.model import MultiFidelityAIMNet2
@@ -21,7 +22,7 @@ def _member(path: Path, member: int):
     if not path.is_file():
         raise CheckpointError(f"official model file not found: {path}")
     try:
-        ens = torch.jit.load(str(path), map_location="cpu")
+        ens = jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise CheckpointError(f"{path}: not a TorchScript file: {str(exc).splitlines()[0]}") from None
     if hasattr(ens, "models"):

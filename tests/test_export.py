@@ -151,3 +151,38 @@ def test_strict_weights(three_fidelity):
     bad = dict(ckpt, state_dict={k: v for k, v in ckpt["state_dict"].items() if "readouts.2" not in k})
     with pytest.raises(CheckpointError, match="missing"):
         build_model(bad)
+
+
+def test_package_torchscript_calls_show_no_deprecation_notice(three_fidelity, tmp_path, monkeypatch):
+    """torch >= 2.10 warns on every torch.jit.script / save / load (TorchScript is deprecated); the
+    package's own calls keep that notice from users. Emulated here so the test means the same on
+    every torch; a direct torch.jit call still warns (the filter is local)."""
+    import warnings
+
+    from aimnet2mult import AIMNet2Mult
+
+    real = {name: getattr(torch.jit, name) for name in ("script", "save", "load")}
+
+    def noisy(name):
+        def call(*args, **kwargs):
+            warnings.warn(f"`torch.jit.{name}` is deprecated. Please switch to `torch.export`.", FutureWarning)
+            return real[name](*args, **kwargs)
+        return call
+
+    for name in real:
+        monkeypatch.setattr(torch.jit, name, noisy(name))
+    ckpt = three_fidelity[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = export_potential(ckpt, 0, tmp_path / "p.jpt")
+        pot = load_potential(path)
+        from ase.build import molecule
+
+        atoms = molecule("CH4")
+        atoms.calc = AIMNet2Mult(str(path))
+        energy = atoms.get_potential_energy()
+    assert np.isfinite(energy) and pot is not None
+    notices = [str(w.message) for w in caught if "is deprecated" in str(w.message)]
+    assert not notices, notices
+    with pytest.warns(FutureWarning, match="torch.jit.load. is deprecated"):
+        torch.jit.load(str(path))

@@ -478,7 +478,9 @@ class ModelSource:
         pot = self.potential(fidelity)
         module = pot.module
         if not isinstance(module, torch.jit.ScriptModule):
-            module = torch.jit.script(module)
+            from .. import jit
+
+            module = jit.script(module)
         return module, pot.metadata
 
 

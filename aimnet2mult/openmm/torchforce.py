@@ -230,7 +230,9 @@ def torch_force_module(model: Any = None, fidelity: Union[int, str, None] = None
     info = {"indices": indices, "numbers": nums, "num_particles": n_system, "periodic": periodic,
             "cluster": cluster, "fidelity": pot.fidelity, "fidelity_name": pot.fidelity_name, "metadata": meta,
             "coulomb": str(scripted.coulomb_method()) if hasattr(scripted, "coulomb_method") else None}
-    return torch.jit.script(wrapper), info
+    from .. import jit
+
+    return jit.script(wrapper), info
 
 
 def create_torch_force(model: Any = None, fidelity: Union[int, str, None] = None, *, topology=None, system=None,
