@@ -531,13 +531,10 @@ class Potential(nn.Module):
             lr_key = "pairs_lr"
         if periodic:
             inp["cell"] = cell_s
-        elif lr_cut < 0.0:
-            # isolated molecules with every pair listed: D3 sums them all, without its cutoff switch,
-            # exactly as the dense layout does
-            inp["lr_all_pairs"] = torch.ones(1, dtype=torch.bool, device=device)
-        if hand:
-            inp["forces_by_hand"] = torch.ones(1, dtype=torch.bool, device=device)
-        out = self.model(inp)
+        # isolated molecules with every pair listed: D3 sums them all, without its cutoff switch,
+        # exactly as the dense layout does
+        all_lr = lr_cut < 0.0 and not periodic
+        out = self.model(inp, hand)
         energy = out["energy"] + nbops.mol_sum(self.sae[numbers_a], out)
         e_disp = torch.zeros(n_mol, dtype=torch.float64, device=device)
         g_lr: Optional[Tensor] = None  # dE/dd of the long-range pairs (D3, Coulomb), by hand
@@ -545,13 +542,13 @@ class Potential(nn.Module):
             if lr_key == "pairs_lr" and self.model.manual_forces:
                 # hand-written dE/dd (see D3BJ.energy_and_distance_grad), applied below
                 with torch.no_grad():
-                    e_d, g_d = disp.energy_and_distance_grad(numbers_a, out["d_ij_lr"], out, "pairs_lr")
+                    e_d, g_d = disp.energy_and_distance_grad(numbers_a, out["d_ij_lr"], out, "pairs_lr", all_lr)
                 e_disp = e_disp + e_d
                 g_lr = g_d if g_lr is None else g_lr + g_d
             elif lr_key == "pairs_lr":
-                e_disp = e_disp + disp(numbers_a, out["d_ij_lr"], out["pair_mask_lr"], out, "pairs_lr")
+                e_disp = e_disp + disp(numbers_a, out["d_ij_lr"], out["pair_mask_lr"], out, "pairs_lr", all_lr)
             else:
-                e_disp = e_disp + disp(numbers_a, out["d_ij"], out["pair_mask"], out, "nbmat")
+                e_disp = e_disp + disp(numbers_a, out["d_ij"], out["pair_mask"], out, "nbmat", all_lr)
         energy = energy + e_disp
         if "vjp_lr_distance_grad" in out:  # the Coulomb term's hand-written dE/dd (see the model)
             g_coul = out["vjp_lr_distance_grad"]

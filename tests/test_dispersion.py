@@ -414,10 +414,10 @@ def test_hand_written_distance_gradient_vs_dftd3(pname):
         d_ij = (coord[pairs[1]] - coord[pairs[0]]).norm(dim=-1)
         data = {"coord": torch.cat([coord.detach(), torch.zeros(1, 3, dtype=torch.float64)]),
                 "mol_idx": torch.zeros(n + 1, dtype=torch.long), "charge": torch.zeros(1),
-                "pairs_lr": pairs, "lr_all_pairs": torch.ones(1, dtype=torch.bool)}
+                "pairs_lr": pairs}
         z = torch.cat([torch.as_tensor(numbers), torch.zeros(1, dtype=torch.long)])
         with torch.no_grad():
-            energy, grad_d = module.energy_and_distance_grad(z, d_ij, data, "pairs_lr")
+            energy, grad_d = module.energy_and_distance_grad(z, d_ij, data, "pairs_lr", True)
         (grad,) = torch.autograd.grad([d_ij], [coord], grad_outputs=[grad_d])
         assert abs(float(energy[0]) - e_ref) <= E_RTOL[torch.float64] * abs(e_ref), (name, float(energy[0]), e_ref)
         df = np.abs(-grad.numpy() - f_ref).max()

@@ -38,7 +38,7 @@ its first two derivatives are continuous, so energy and forces are continuous as
 cutoff. Pairs closer than r_on are untouched (s = 1 exactly). The neglected tail beyond 15 Å is
 about -2πρ Σ C6 / (3 r_off³): of order 1e-4 eV per atom in liquid water. When the potential lists
 every pair of isolated molecules (non-periodic input with the 'simple' Coulomb method; it marks the
-data with ``lr_all_pairs``) there is no switch, so the flat layout equals the dense one for
+``all_pairs=True``) there is no switch, so the flat layout equals the dense one for
 molecules of any size.
 
 Shapes and units (``forward``):
@@ -244,7 +244,7 @@ class D3BJ(nn.Module):
                                  f"{zmax}.")
 
     def forward(self, numbers: Tensor, d_ij: Tensor, pair_mask: Tensor,
-                data: Dict[str, Tensor], nbmat_key: str = "nbmat_lr") -> Tensor:
+                data: Dict[str, Tensor], nbmat_key: str = "nbmat_lr", all_pairs: bool = False) -> Tensor:
         dense = nbops.is_dense(data)
         if self.s9 != 0.0 and not dense:
             raise RuntimeError(
@@ -261,8 +261,8 @@ class D3BJ(nn.Module):
         r = torch.where(pair_mask, torch.full_like(d_ij, self.safe_r), d_ij * self.ang2bohr)
         z_j = nbops.gather_j(numbers, data, key)
         # flat layout: smooth cutoff (exactly 1 below cutoff - switch_width), unless the list holds
-        # every pair of isolated molecules ("lr_all_pairs", set by the potential)
-        switched = not dense and "lr_all_pairs" not in data
+        # every pair of isolated molecules (``all_pairs``, set by the potential)
+        switched = not dense and not all_pairs
         sw = torch.ones_like(d_ij)
         if switched:
             sw = torch.where(valid, self.switch(d_ij), torch.zeros_like(d_ij))
@@ -317,7 +317,7 @@ class D3BJ(nn.Module):
 
     @torch.jit.export
     def energy_and_distance_grad(self, numbers: Tensor, d_ij: Tensor, data: Dict[str, Tensor],
-                                 pairs_key: str) -> Tuple[Tensor, Tensor]:
+                                 pairs_key: str, all_pairs: bool = False) -> Tuple[Tensor, Tensor]:
         """Two-body D3(BJ) on a flat half pair list ``data[pairs_key]`` (2, P) of real pairs (run
         under no_grad): (energy per molecule (n_mol,) float64 eV, dE/dd_ij (P,) eV/Å).
 
@@ -336,7 +336,7 @@ class D3BJ(nn.Module):
         self._check_numbers(numbers)
         r = d_ij * self.ang2bohr
         # the smooth cutoff switch, unless the list holds every pair of isolated molecules
-        switched = "lr_all_pairs" not in data
+        switched = not all_pairs
         sw = self.switch(d_ij) if switched else torch.empty(0, dtype=dtype, device=d_ij.device)
 
         rcov = self.rcov[numbers].to(dtype)

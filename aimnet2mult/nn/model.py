@@ -102,7 +102,9 @@ class MultiFidelityAIMNet2(nn.Module):
         unpaired = data["mult"].to(dtype) - 1.0
         return torch.stack([0.5 * (charge + unpaired), 0.5 * (charge - unpaired)], dim=-1)
 
-    def forward(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    def forward(self, data: Dict[str, Tensor], forces_by_hand: bool = False) -> Dict[str, Tensor]:
+        """``forces_by_hand`` (the potential, when every term has a hand-written gradient): take
+        the hand-written gradient path even though the coordinates do not require grad."""
         dtype = self.backbone.embedding.weight.dtype
         data = dict(data)
         data["coord"] = data["coord"].to(dtype)
@@ -122,7 +124,7 @@ class MultiFidelityAIMNet2(nn.Module):
         dense = nbops.is_dense(data)
         if not dense and "pairs_lr" in data:
             data = long_range_geometry(data)
-        if not dense and self.takes_manual_forces() and (data["coord"].requires_grad or "forces_by_hand" in data):
+        if not dense and self.takes_manual_forces() and (data["coord"].requires_grad or forces_by_hand):
             return self._forward_manual_vjp(data, shifted, real)
         aim, q = self.backbone(shifted, self._charge_channels(data, dtype), data)
 
@@ -175,7 +177,7 @@ class MultiFidelityAIMNet2(nn.Module):
         grad_outputs=[1, ∂E/∂d, ∂E/∂u])``. The Coulomb term's gradient with respect to the
         charges enters the backbone VJP. (No ``x - x.detach()`` surrogate: TorchScript freezing, which
         openmm-torch applies, removes the detach and with it the forces.) With
-        ``data['forces_by_hand']`` (set by the potential when every term has a hand-written
+        ``forces_by_hand`` (set by the potential when every term has a hand-written
         gradient) the coordinates need not require grad: the caller applies the geometry VJP
         itself (``geometry.flat_geometry_vjp``), without autograd.
         """
