@@ -14,7 +14,7 @@ imports it).
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -124,17 +124,19 @@ def resolve_coulomb(spec: Any, recorded: Optional[Dict[str, Any]]) -> Optional[D
 
 def build_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int, str],
                     dispersion: Any = RECORDED, coulomb: Any = RECORDED,
-                    neighbor_list: str = "torch") -> Potential:
+                    neighbor_list: str = "torch", terms: Optional[List[Dict[str, Any]]] = None) -> Potential:
     """In-memory potential of one fidelity (eval mode, not scripted).
 
     ``coulomb``: the Coulomb method and parameters (default: the checkpoint's model config), e.g.
     ``"dsf"``, ``{"method": "ewald", "ewald_accuracy": 1e-8}`` or ``"none"``; see ``resolve_coulomb``.
     ``neighbor_list``: builder of the flat-layout neighbour lists, ``"torch"`` (pure TorchScript
     cell list, default) or ``"vesin"`` (vesin-torch; exported files then need ``import vesin_torch``).
+    ``terms``: further energy terms, ``[{"method": NAME, ...}]`` of registered terms
+    (``aimnet2mult.nn.terms``; how to write one: ``docs/adding-a-term.md``).
     """
-    from .nn.dispersion import D3BJ
     from .nn.model import MultiFidelityAIMNet2
     from .nn.neighbors import make_neighbor_list
+    from .nn.terms import build_term
 
     nblist = make_neighbor_list(neighbor_list)
 
@@ -156,7 +158,8 @@ def build_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int,
     supported = torch.zeros(off, dtype=torch.bool)
     supported[[int(z) for z in entry["elements"]]] = True
     disp = resolve_dispersion(dispersion, entry.get("dispersion"))
-    modules = [] if disp is None else [D3BJ.from_params(disp)]
+    specs = ([] if disp is None else [dict(disp, method="d3bj")]) + [dict(t) for t in (terms or [])]
+    modules = [build_term(spec) for spec in specs]
     pot = Potential(model, sae, supported, modules, k, entry["name"], SYMBOLS[:off] + [""] * max(0, off - len(SYMBOLS)),
                     neighbor_list=nblist, trained_outputs=trained_outputs(entry))
     pot.eval()
@@ -165,6 +168,10 @@ def build_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int,
     pot.requires_grad_(False)
     pot.metadata = potential_metadata(ckpt, k, disp, cfg.get("coulomb"),  # plain attribute, not scripted
                                       neighbor_library=nblist.library)
+    pot.metadata["energy_terms"] = [{"method": spec["method"], "name": m.name, "cutoff": m.cutoff,
+                                     "hand_written_gradient": hasattr(m, "energy_and_distance_grad")}
+                                    for spec, m in zip(specs, modules)]
+    pot.metadata["outputs"] += [f"{m.name}_energy" for m in modules if not m.is_dispersion]
     return pot
 
 
@@ -236,16 +243,17 @@ def potential_metadata(ckpt: Dict[str, Any], k: int, disp: Optional[Dict[str, An
 def export_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int, str],
                      output: Union[str, Path], dispersion: Any = RECORDED,
                      source_hash: Optional[str] = None, coulomb: Any = RECORDED,
-                     neighbor_list: str = "torch") -> Path:
+                     neighbor_list: str = "torch", terms: Optional[List[Dict[str, Any]]] = None) -> Path:
     """Script and save the potential of one fidelity. ``output`` ending in ``.jpt`` is used as
     given; otherwise it is a prefix and the file is ``{output}_fid{K}.jpt``. Written atomically.
     ``coulomb`` and ``neighbor_list`` (``"torch"``, default: loads with a plain
-    ``torch.jit.load``; ``"vesin"``: needs ``import vesin_torch`` first) as in ``build_potential``."""
+    ``torch.jit.load``; ``"vesin"``: needs ``import vesin_torch`` first) and ``terms`` as in
+    ``build_potential``."""
     if not isinstance(ckpt, dict):
         source_hash = checkpoint_hash(ckpt)
         ckpt = load_checkpoint(ckpt)
     k = fidelity_index(ckpt, fidelity)
-    pot = build_potential(ckpt, k, dispersion, coulomb, neighbor_list)
+    pot = build_potential(ckpt, k, dispersion, coulomb, neighbor_list, terms)
     meta = dict(pot.metadata)
     del pot.metadata
     meta["source_checkpoint_sha256"] = source_hash

@@ -73,10 +73,11 @@ class Potential(nn.Module):
     report_spin_charges: bool
 
     def __init__(self, model: MultiFidelityAIMNet2, sae: Tensor, supported: Tensor,
-                 dispersion: List[nn.Module], fidelity: int, fidelity_name: str, symbols: List[str],
+                 terms: List[nn.Module], fidelity: int, fidelity_name: str, symbols: List[str],
                  neighbor_list: Optional[nn.Module] = None, trained_outputs: Optional[List[str]] = None):
         """model: single-fidelity network; sae: (offset,) float64 eV per element; supported:
-        (offset,) bool; dispersion: [] or [D3BJ]; neighbor_list: the flat-layout neighbour-list
+        (offset,) bool; terms: the energy terms on the long-range pairs, e.g. [D3BJ] (see
+        ``aimnet2mult.nn.terms``); neighbor_list: the flat-layout neighbour-list
         builder (default ``TorchCellList``; see ``aimnet2mult.nn.neighbors.make_neighbor_list``);
         trained_outputs: the outputs trained for this fidelity (default all): charges and spin
         charges not in it are used inside (Coulomb) but not returned."""
@@ -86,7 +87,7 @@ class Potential(nn.Module):
         self.model = model
         self.register_buffer("sae", sae.to(torch.float64))
         self.register_buffer("supported", supported.to(torch.bool))
-        self.dispersion = nn.ModuleList(dispersion)
+        self.terms = nn.ModuleList(terms)
         self.fidelity = int(fidelity)
         self.fidelity_name = fidelity_name
         self.open_shell = model.num_charge_channels == 2
@@ -323,10 +324,10 @@ class Potential(nn.Module):
             cut = self.model.coulomb.pair_cutoff(n_atoms, volume, periodic)
             what = "Coulomb method '{}'".format(self.model.coulomb.method)
         if cut >= 0.0:
-            for disp in self.dispersion:
-                if disp.cutoff > cut:
-                    cut = disp.cutoff
-                    what = "D3 dispersion"
+            for term in self.terms:
+                if term.cutoff > cut:
+                    cut = term.cutoff
+                    what = "the energy term '{}'".format(term.name)
         if all_pairs and not periodic and cut != 0.0:
             cut = -1.0
         return cut, what
@@ -421,7 +422,10 @@ class Potential(nn.Module):
             if key in data:
                 flat[key] = data[key]
         out = self._forward_flat(flat, True)
-        result: Dict[str, Tensor] = {"energy": out["energy"], "dispersion_energy": out["dispersion_energy"]}
+        result: Dict[str, Tensor] = {}
+        for key, value in out.items():
+            if key.endswith("energy"):  # per molecule: energy, dispersion_energy, {term}_energy
+                result[key] = value
         forces = out["forces"]
         result["forces"] = torch.zeros(b * n_pad, 3, dtype=forces.dtype, device=forces.device).index_copy(
             0, index, forces).view(b, n_pad, 3)
@@ -439,7 +443,10 @@ class Potential(nn.Module):
         all) and no periodic Ewald sum (its reciprocal part keeps autograd)."""
         if not self.autograd_free(periodic):
             return False
-        return has_lr_pairs or (len(self.dispersion) == 0 and self.model.coulomb.method == "none")
+        for term in self.terms:
+            if not hasattr(term, "energy_and_distance_grad"):
+                return False  # that term's forces come from autograd
+        return has_lr_pairs or (len(self.terms) == 0 and self.model.coulomb.method == "none")
 
     @torch.jit.export
     def autograd_free(self, periodic: bool) -> bool:
@@ -537,19 +544,30 @@ class Potential(nn.Module):
         out = self.model(inp, hand)
         energy = out["energy"] + nbops.mol_sum(self.sae[numbers_a], out)
         e_disp = torch.zeros(n_mol, dtype=torch.float64, device=device)
-        g_lr: Optional[Tensor] = None  # dE/dd of the long-range pairs (D3, Coulomb), by hand
-        for disp in self.dispersion:
-            if lr_key == "pairs_lr" and self.model.manual_forces:
-                # hand-written dE/dd (see D3BJ.energy_and_distance_grad), applied below
-                with torch.no_grad():
-                    e_d, g_d = disp.energy_and_distance_grad(numbers_a, out["d_ij_lr"], out, "pairs_lr", all_lr)
-                e_disp = e_disp + e_d
-                g_lr = g_d if g_lr is None else g_lr + g_d
-            elif lr_key == "pairs_lr":
-                e_disp = e_disp + disp(numbers_a, out["d_ij_lr"], out["pair_mask_lr"], out, "pairs_lr", all_lr)
+        term_energies: Dict[str, Tensor] = {}
+        g_lr: Optional[Tensor] = None  # dE/dd of the long-range pairs (energy terms, Coulomb), by hand
+        for term in self.terms:
+            if lr_key == "pairs_lr":
+                d_lr = out["d_ij_lr"]
+                e_t = torch.zeros(n_mol, dtype=torch.float64, device=device)
+                by_hand = False
+                if hasattr(term, "energy_and_distance_grad"):
+                    if self.model.manual_forces:
+                        # the term's hand-written dE/dd, applied below with the others'
+                        with torch.no_grad():
+                            e_t, g_t = term.energy_and_distance_grad(numbers_a, d_lr, out, "pairs_lr", all_lr)
+                        g_lr = g_t if g_lr is None else g_lr + g_t
+                        by_hand = True
+                if not by_hand:
+                    e_t = term(numbers_a, d_lr, out["pair_mask_lr"], out, "pairs_lr", all_lr)
             else:
-                e_disp = e_disp + disp(numbers_a, out["d_ij"], out["pair_mask"], out, "nbmat", all_lr)
-        energy = energy + e_disp
+                e_t = term(numbers_a, out["d_ij"], out["pair_mask"], out, "nbmat", all_lr)
+            if term.is_dispersion:
+                e_disp = e_disp + e_t
+            else:
+                key = term.name + "_energy"
+                term_energies[key] = e_t if key not in term_energies else term_energies[key] + e_t
+            energy = energy + e_t
         if "vjp_lr_distance_grad" in out:  # the Coulomb term's hand-written dE/dd (see the model)
             g_coul = out["vjp_lr_distance_grad"]
             g_lr = g_coul if g_lr is None else g_lr + g_coul
@@ -573,6 +591,8 @@ class Potential(nn.Module):
             "forces": -forces.detach(),
             "dispersion_energy": e_disp.detach(),
         }
+        for key, value in term_energies.items():
+            result[key] = value.detach()
         if self.report_charges:
             result["charges"] = out["charges"][:n].detach()
         if self.report_spin_charges:

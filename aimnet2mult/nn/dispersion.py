@@ -152,6 +152,9 @@ class D3BJ(nn.Module):
     safe_r: float
     cutoff: float
     switch_width: float
+    # the energy-term interface (aimnet2mult.nn.terms)
+    name: str
+    is_dispersion: bool
 
     def __init__(self, s6: float, s8: float, a1: float, a2: float, s9: float = 0.0,
                  alp: float = 14.0, cutoff: float = 15.0, switch_width: float = 3.0):
@@ -173,6 +176,8 @@ class D3BJ(nn.Module):
             raise ValueError(f"D3 switch: need 0 <= switch_width < cutoff, got {switch_width}, {cutoff}")
         self.cutoff = float(cutoff)
         self.switch_width = float(switch_width)
+        self.name = "d3bj"
+        self.is_dispersion = True
         tables = load_d3_reference_tables()
         self.register_buffer("refc6", tables["refc6"])
         self.register_buffer("refcn", tables["refcn"])
