@@ -254,10 +254,16 @@ def test_md_that_blows_up_says_so(tmp_path, engine, ensemble):
 
     from ase.io import write
 
+    import signal
+
     write(tmp_path / "eth.xyz", molecule("CH3CH2OH"))
-    res = subprocess.run([sys.executable, "-m", "aimnet2mult", "md", "eth.xyz", "--fidelity", "0", "--engine", engine,
-                          "--ensemble", ensemble, "--timestep", "10", "--steps", "200", "--interval", "10",
-                          "--no-progress", "--no-plot"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    argv = [sys.executable, "-m", "aimnet2mult", "md", "eth.xyz", "--fidelity", "0", "--engine", engine,
+            "--ensemble", ensemble, "--timestep", "10", "--steps", "200", "--interval", "10", "--no-progress", "--no-plot"]
+    res = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    if engine == "openmm" and res.returncode == -signal.SIGSEGV and not res.stderr:
+        # seen once in ~20 runs (loaded machine, nothing printed yet): the PyPI openmm-torch 1.5
+        # wheels' known native crash (see test_openmm.test_torchforce_copy_limitation); once more
+        res = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert res.returncode == 3, res.stderr[-2000:]
     assert "MD became unstable at step" in res.stderr and "exceeds --max-temperature 5000 K" in res.stderr
     rows = (tmp_path / "eth_md_energy.csv").read_text().splitlines()
