@@ -249,16 +249,16 @@ def test_two_trainings_with_one_save_at_once(tmp_path):
 
 @pytest.mark.parametrize("engine,ensemble", [("ase", "nve"), ("ase", "nvt"), ("openmm", "nve"), ("openmm", "nvt")])
 def test_md_that_blows_up_says_so(tmp_path, engine, ensemble):
+    import signal
     import subprocess
     import sys
 
     from ase.io import write
 
-    import signal
-
     write(tmp_path / "eth.xyz", molecule("CH3CH2OH"))
     argv = [sys.executable, "-m", "aimnet2mult", "md", "eth.xyz", "--fidelity", "0", "--engine", engine,
-            "--ensemble", ensemble, "--timestep", "10", "--steps", "200", "--interval", "10", "--no-progress", "--no-plot"]
+            "--ensemble", ensemble, "--timestep", "10", "--steps", "200", "--interval", "10",
+            "--no-progress", "--no-plot"]
     res = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     if engine == "openmm" and res.returncode == -signal.SIGSEGV and not res.stderr:
         # seen once in ~20 runs (loaded machine, nothing printed yet): the PyPI openmm-torch 1.5
