@@ -1,6 +1,6 @@
 """AIMNet2 backbone: element embedding, three message passes and neural charge equilibration."""
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +53,35 @@ def charge_equilibration_vjp(g_q: Tensor, w: Tensor, w_sum: Tensor, excess: Tens
     g_w = nbops.mol_to_atoms(excess, data) / s_atoms * (g_q - gr)
     return g_q_raw, 2.0 * phi * g_w
 
+
+
+class PassRecord(NamedTuple):
+    """What :meth:`AIMNet2Backbone.vjp` needs of one interaction pass (flat layout).
+
+    x_j: the convolution input gathered per pair (flat products) or per atom (dense shell
+    matrices); v: the vector shell sums; for every pass but the last, the charge equilibration's
+    phi (A, C), weights wq, per-molecule weight sum w_sum and charge excess (see
+    ``charge_equilibration_parts``); the last pass holds empty tensors there.
+    """
+
+    x_j: Tensor
+    v: Tensor
+    phi: Tensor
+    wq: Tensor
+    w_sum: Tensor
+    excess: Tensor
+
+
+class BackboneRecord(NamedTuple):
+    """The records of :meth:`AIMNet2Backbone.forward_recorded`: the MLP layer records (kinds, saved)
+    with each pass's slice ``bounds[k]:bounds[k + 1]``, one :class:`PassRecord` per pass, and the
+    dense shell matrices (empty when the flat products are used)."""
+
+    kinds: List[int]
+    saved: List[Tensor]
+    bounds: List[int]
+    passes: List[PassRecord]
+    s_mat: Tensor
 
 class AIMNet2Backbone(nn.Module):
     """Embedding + passes. Returns the AIM features (A..., aim_size) and charges (A..., C).
@@ -154,12 +183,11 @@ class AIMNet2Backbone(nn.Module):
 
     # ------------------------------------------------------------------ hand-written VJP (flat)
     def forward_recorded(self, numbers: Tensor, charge_channels: Tensor, data: Dict[str, Tensor],
-                         w: Tensor) -> Tuple[Tensor, Tensor, List[int], List[Tensor], List[int], List[Tensor]]:
+                         w: Tensor) -> Tuple[Tensor, Tensor, BackboneRecord]:
         """The flat-layout forward (run it under no_grad) that keeps what :meth:`vjp` needs.
 
-        w: the flat pair basis (G, A, 4, M) of :func:`flat_pair_basis`. Returns (aim, q, the
-        MLP records (kinds, saved, per-pass boundaries), per-pass tensors and, last, the dense
-        shell matrices (empty when the flat products are used, see ``dense_products_max_atoms``))."""
+        w: the flat pair basis (G, A, 4, M) of :func:`flat_pair_basis`. Returns (aim, q, record);
+        the dense shell matrices are used up to ``dense_products_max_atoms`` atoms."""
         nbmat = data["nbmat"]
         s_mat = torch.empty(0, dtype=w.dtype, device=w.device)
         if numbers.shape[0] <= self.dense_products_max_atoms:
@@ -172,7 +200,8 @@ class AIMNet2Backbone(nn.Module):
         kinds: List[int] = []
         saved: List[Tensor] = []
         bounds: List[int] = [0]
-        keep: List[Tensor] = []  # per pass: x_j (or x_g), v, then (not last) φ, w, w_sum, excess
+        records: List[PassRecord] = []
+        none = torch.empty(0, dtype=w.dtype, device=w.device)
         for ipass, mlp in enumerate(self.passes):
             if ipass == 0:
                 s, p, x_j, v = _shell_sums_recorded(a, w, s_mat, nbmat, self.conv_atoms.agh)
@@ -180,33 +209,29 @@ class AIMNet2Backbone(nn.Module):
             else:
                 s, p, x_j, v = _shell_sums_recorded(self._joined_input(a, q), w, s_mat, nbmat, agh_both)
                 h = self._pass_input(a, q, s, p)
-            keep.append(x_j)
-            keep.append(v)
             for layer in mlp:
                 h = layer.record(h, kinds, saved)
             bounds.append(len(kinds))
             out = h.masked_fill(~mask, 0.0)
             if ipass == n_pass - 1:
                 aim = out
+                records.append(PassRecord(x_j, v, none, none, none, none))
             else:
                 dq, phi, da = torch.split(out, [c, c, out.shape[-1] - 2 * c], dim=-1)
                 q_raw = dq if ipass == 0 else q + dq
                 q, wq, w_sum, excess = charge_equilibration_parts(charge_channels, q_raw, phi, data)
                 a = a + da.reshape(shape)
-                keep.append(phi)
-                keep.append(wq)
-                keep.append(w_sum)
-                keep.append(excess)
-        keep.append(s_mat)
-        return aim, q, kinds, saved, bounds, keep
+                records.append(PassRecord(x_j, v, phi, wq, w_sum, excess))
+        return aim, q, BackboneRecord(kinds, saved, bounds, records, s_mat)
 
     def vjp(self, g_aim: Tensor, g_q_out: Tensor, numbers: Tensor, data: Dict[str, Tensor], w: Tensor,
-            kinds: List[int], saved: List[Tensor], bounds: List[int], keep: List[Tensor]) -> Tensor:
+            record: BackboneRecord) -> Tensor:
         """Gradient of Σ g_aim·aim + Σ g_q_out·q with respect to the flat pair basis W (G, A, 4, M),
         from the records of :meth:`forward_recorded`. The element embedding does not depend on
         the coordinates, so the first pass's convolution input gets no gradient."""
         nbmat = data["nbmat"]
-        s_mat = keep[-1]
+        s_mat = record.s_mat
+        kinds, saved, bounds = record.kinds, record.saved, record.bounds
         mask = (numbers != 0).unsqueeze(-1)
         c = self.num_charge_channels
         f = self.num_features
@@ -222,14 +247,13 @@ class AIMNet2Backbone(nn.Module):
         g_a = torch.zeros(n_a, f, g, dtype=w.dtype, device=w.device)
         g_q = g_q_out
         for ipass in range(n_pass - 1, -1, -1):
-            base = 6 * ipass  # passes 0..n-2 keep 6 tensors each, the last one 2
-            x_j = keep[base]
-            v = keep[base + 1]
+            rec = record.passes[ipass]
+            x_j = rec.x_j
+            v = rec.v
             if ipass == n_pass - 1:
                 g_out = g_aim
             else:
-                phi, wq, w_sum, excess = keep[base + 2], keep[base + 3], keep[base + 4], keep[base + 5]
-                g_q_raw, g_phi = charge_equilibration_vjp(g_q, wq, w_sum, excess, phi, data)
+                g_q_raw, g_phi = charge_equilibration_vjp(g_q, rec.wq, rec.w_sum, rec.excess, rec.phi, data)
                 g_out = torch.cat([g_q_raw, g_phi, g_a.flatten(-2)], dim=-1)
                 # q_raw = q + dq (passes >= 1): q's gradient so far is g_q_raw; a = a + da keeps g_a
                 g_q = g_q_raw

@@ -186,7 +186,7 @@ class MultiFidelityAIMNet2(nn.Module):
         with torch.no_grad():
             w0, gs = self.backbone.basis.flat_basis(data["d_ij"], data["u_ij"])
             charge_channels = self._charge_channels(data, dtype)
-            aim, q, kinds, saved, bounds, keep = self.backbone.forward_recorded(shifted, charge_channels, data, w0)
+            aim, q, record = self.backbone.forward_recorded(shifted, charge_channels, data, w0)
             e_atom, g_aim = readout.forward_vjp(aim, shifted, real.to(dtype))
             e_atom = torch.where(real, e_atom, torch.zeros_like(e_atom))
         energy = nbops.mol_sum(e_atom, data)
@@ -208,7 +208,7 @@ class MultiFidelityAIMNet2(nn.Module):
                 g_q = gq
             energy = energy + e_coul
         with torch.no_grad():
-            g_w = self.backbone.vjp(g_aim, g_q, shifted, data, w0, kinds, saved, bounds, keep)
+            g_w = self.backbone.vjp(g_aim, g_q, shifted, data, w0, record)
             g_d, g_u = self.backbone.basis.vjp(data["d_ij"], data["u_ij"], gs, g_w)
         data["vjp_distance_grad"] = g_d
         data["vjp_direction_grad"] = g_u
