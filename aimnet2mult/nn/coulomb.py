@@ -61,21 +61,21 @@ def pair_sums_and_grads(charges: Tensor, v: Tensor, dv: Tensor, data: Dict[str, 
     return nbops.mol_sum(e_atom, data), g_q, q_i * q_j * (dv * k)
 
 
-def switch_on_envelope_and_derivative(d_ij: Tensor, rc: float) -> Tuple[Tensor, Tensor]:
-    """(χ, dχ/dd) of :func:`switch_on_envelope` from one evaluation (dχ/dd is 0 where the clamp
-    holds t constant)."""
-    t = d_ij / rc
-    inside = (t > 0.0) & (t < 0.999999)
-    t = t.clamp(0.0, 0.999999)
-    one_m = 1.0 - t * t
-    chi = torch.exp(1.0 - 1.0 / one_m)
-    return chi, torch.where(inside, t * chi / (one_m * one_m) * (-2.0 / rc), torch.zeros_like(d_ij))
-
-
 def switch_on_envelope(d_ij: Tensor, rc: float) -> Tensor:
     """χ(d) = exp(1 - 1/(1 - t²)), t = clamp(d / rc, 0, 0.999999): 1 at d = 0, 0 for d >= rc."""
     t = (d_ij / rc).clamp(0.0, 0.999999)
     return torch.exp(1.0 - 1.0 / (1.0 - t * t))
+
+
+def switch_on_envelope_and_derivative(d_ij: Tensor, rc: float) -> Tuple[Tensor, Tensor]:
+    """(χ, dχ/dd) of :func:`switch_on_envelope` (dχ/dd is 0 where the clamp holds t constant):
+    dχ/dd = χ · (-2t / (1 - t²)²) / rc."""
+    chi = switch_on_envelope(d_ij, rc)
+    t = d_ij / rc
+    inside = (t > 0.0) & (t < 0.999999)
+    t = t.clamp(0.0, 0.999999)
+    one_m = 1.0 - t * t
+    return chi, torch.where(inside, t * chi / (one_m * one_m) * (-2.0 / rc), torch.zeros_like(d_ij))
 
 
 class SimpleCoulomb(nn.Module):

@@ -203,6 +203,11 @@ class D3BJ(nn.Module):
         return (f"s6={self.s6}, s8={self.s8}, a1={self.a1}, a2={self.a2}, s9={self.s9}, "
                 f"alp={self.alp}, cutoff={self.cutoff}, switch_width={self.switch_width}")
 
+    def counting(self, rc: Tensor, r: Tensor) -> Tensor:
+        """D3's coordination-number counting function 1 / (1 + exp(-k1 (rc / r - 1))) (r and the
+        summed covalent radii rc in Bohr), as a sigmoid (no overflow for far pairs)."""
+        return torch.sigmoid(self.k1 * (rc / r - 1.0))
+
     def switch(self, d_ij: Tensor) -> Tensor:
         """Smooth switch s(r) of the flat layout (1 below cutoff - switch_width, 0 beyond cutoff)."""
         width = max(self.switch_width, 1e-6)
@@ -275,7 +280,7 @@ class D3BJ(nn.Module):
         # coordination number (exponential counting function)
         rcov_i = self.rcov[numbers].to(dtype)
         rc = nbops.atom_i(rcov_i, data, key) + nbops.gather_j(rcov_i, data, key)
-        count = 1.0 / (1.0 + torch.exp(-self.k1 * (rc / r - 1.0)))
+        count = self.counting(rc, r)
         count = torch.where(valid, count, torch.zeros_like(count))
         if switched:
             count = count * sw
@@ -346,7 +351,7 @@ class D3BJ(nn.Module):
 
         rcov = self.rcov[numbers].to(dtype)
         rc = take(rcov, i_idx) + take(rcov, j_idx)
-        count = torch.sigmoid((rc / r - 1.0) * self.k1)  # 1 / (1 + exp(-k1 (rc / r - 1)))
+        count = self.counting(rc, r)
         count_sw = count * sw if switched else count
         cn = torch.zeros(n_atoms, dtype=dtype, device=d_ij.device)
         cn = cn.index_add(0, i_idx, count_sw).index_add(0, j_idx, count_sw)
