@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .model_config import COULOMB_METHODS
 from .units import BOLTZMANN_EV_PER_K as KB_EV
 from .units import EV_TO_KJ_PER_MOL, NM_TO_ANGSTROM
 
@@ -54,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--platform", help="OpenMM platform (default: fastest available)")
     parser.add_argument("--openmm-force", choices=["torch", "python"], default="torch",
                         help="OpenMM force: openmm-torch TorchForce (default) or PythonForce")
-    parser.add_argument("--coulomb", choices=["auto", "simple", "dsf", "ewald", "none"], default="auto",
+    parser.add_argument("--coulomb", choices=["auto", *COULOMB_METHODS], default="auto",
                         help="Coulomb method (default auto: the model's own for molecules, 'dsf' for periodic "
                              "systems unless the model's method is periodic)")
     parser.add_argument("--max-temperature", type=float,

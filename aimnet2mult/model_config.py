@@ -118,6 +118,8 @@ def validate_model_config(cfg: Dict[str, Any], where: str = "model configuration
 COULOMB_DEFAULTS = {"method": "simple", "rc": 4.6, "dsf_alpha": 0.2, "dsf_rc": 15.0,
                     "ewald_accuracy": 1e-8, "ewald_rc": None}
 COULOMB_METHODS = ("simple", "dsf", "ewald", "none")
+#: the methods defined for periodic systems (``simple`` sums the pairs of isolated molecules)
+PERIODIC_COULOMB_METHODS = ("dsf", "ewald")
 
 
 def validate_coulomb(coul: Any, where: str = "model configuration") -> None:

@@ -35,14 +35,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..model_config import COULOMB_METHODS, PERIODIC_COULOMB_METHODS
+
 #: non-periodic systems up to this many atoms use the dense (all-pairs) layout (0: always flat)
 DENSE_MAX_ATOMS = 0
 
 #: Coulomb method for periodic systems when the model's own method is for isolated molecules only
 PERIODIC_COULOMB_DEFAULT = "dsf"
-COULOMB_METHODS = ("simple", "dsf", "ewald", "none")
-#: methods defined for periodic systems
-PERIODIC_COULOMB_METHODS = ("dsf", "ewald")
 _COULOMB_PARAMS = ("dsf_alpha", "dsf_rc", "ewald_accuracy", "ewald_rc")
 
 #: directory of the bundled default model (tests point it elsewhere)

@@ -41,6 +41,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..model_config import COULOMB_METHODS
 from ..units import COULOMB_CONSTANT
 from . import nbops
 
@@ -275,7 +276,7 @@ class EwaldCoulomb(nn.Module):
         return energy + (e_rec + e_self + e_bg).unsqueeze(0)
 
 
-METHODS = ["simple", "dsf", "ewald", "none"]
+METHODS = list(COULOMB_METHODS)
 
 
 class Coulomb(nn.Module):

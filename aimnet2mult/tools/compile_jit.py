@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..checkpoint import CheckpointError, fidelity_entry, load_checkpoint
-from ..model_config import ConfigError, model_config
+from ..model_config import COULOMB_METHODS, ConfigError, model_config
 
 
 def str2bool(text: str) -> bool:
@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name in ("s6", "s8", "a1", "a2", "s9"):
         p.add_argument(f"--dispersion-{name}", type=float, help=f"custom D3(BJ) {name}")
     p.add_argument("--atm", action="store_true", help="add the three-body ATM term (s9 from the database)")
-    p.add_argument("--coulomb", choices=["simple", "dsf", "ewald", "none"],
+    p.add_argument("--coulomb", choices=list(COULOMB_METHODS),
                    help="Coulomb method baked into the file (default: the model configuration's)")
     p.add_argument("--dsf-alpha", type=float, help="DSF damping alpha (1/Å, default 0.2)")
     p.add_argument("--dsf-rc", type=float, help="DSF cutoff (Å, default 15)")
