@@ -182,7 +182,9 @@ def summary(rows: list, arms: list) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list, path: Path, steps: int, n_low: int) -> None:
+def plot(rows: list, path: Path, steps: int, n_low: int, tag: str = "") -> None:
+    """Learning curves at ``steps`` and ``n_low``: the single-fidelity and Delta arms untagged, the
+    multi-fidelity arms of recipe ``tag``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,15 +192,18 @@ def plot(rows: list, path: Path, steps: int, n_low: int) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for arm, meta in ARMS.items():
+        want = "" if not meta["multi"] else tag
         pts = sorted((r["n_high"], r["E_mae"]) for r in rows
-                     if r["arm"] == arm and r["steps"] == steps and r["n_low"] in (0, n_low))
+                     if r["arm"] == arm and r["steps"] == steps and r["n_low"] in (0, n_low)
+                     and (r.get("tag") or "") == want)
         if pts:
             ax.plot(*zip(*pts), marker="o", label=meta["label"], ls="--" if arm in ("single", "delta") else "-")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("B3LYP training molecules N_high")
     ax.set_ylabel("fidelity-0 energy MAE on 2,000 test molecules (kcal/mol)")
-    ax.set_title(f"QM9: B3LYP + {n_low} GFN2-xTB molecules, {steps} steps of 32")
+    ax.set_title(f"QM9: B3LYP + {n_low} GFN2-xTB molecules, {steps} steps of 32"
+                 + (f" (recipe {tag})" if tag else ""), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -260,7 +265,7 @@ def main() -> int:
     atomic_write_text(out / "summary.md", table)
     print(table)
     n_low0 = int(args.low.split(",")[0])
-    plot(all_rows, out / "qm9_learning_curves.png", args.steps, n_low0)
+    plot(all_rows, out / "qm9_learning_curves.png", args.steps, n_low0, args.tag)
     print(f"wrote {out / 'results.json'}, {out / 'summary.md'}, {out / 'qm9_learning_curves.png'}")
     return 0
 
