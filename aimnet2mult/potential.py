@@ -187,8 +187,6 @@ class Potential(nn.Module):
         for key in ["charge", "mult"]:
             if key in data and data[key].shape != torch.Size([b]):
                 raise ValueError("'{}' must have shape (B,) = [{}], got {}".format(key, b, list(data[key].shape)))
-        if bool((numbers < 0).any()):
-            self._check_elements(numbers)  # names the bad value (0 is padding here, not an error)
         if bool((numbers != 0).sum(1).eq(0).any()):
             raise ValueError("a molecule of the batch has no atoms (all numbers are 0)")
 

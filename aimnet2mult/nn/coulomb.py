@@ -276,9 +276,6 @@ class EwaldCoulomb(nn.Module):
         return energy + (e_rec + e_self + e_bg).unsqueeze(0)
 
 
-METHODS = list(COULOMB_METHODS)
-
-
 class Coulomb(nn.Module):
     """The Coulomb term of a model: one of ``simple``, ``dsf``, ``ewald`` or ``none``.
 
@@ -293,8 +290,8 @@ class Coulomb(nn.Module):
     def __init__(self, method: str = "simple", rc: float = 4.6, dsf_alpha: float = 0.2,
                  dsf_rc: float = 15.0, ewald_accuracy: float = 1e-8, ewald_rc: float = 0.0):
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"unknown Coulomb method {method!r}; choose one of {', '.join(METHODS)}")
+        if method not in COULOMB_METHODS:
+            raise ValueError(f"unknown Coulomb method {method!r}; choose one of {', '.join(COULOMB_METHODS)}")
         self.method = method
         self.trained_with_coulomb = method != "none"
         self.simple = SimpleCoulomb(rc)
