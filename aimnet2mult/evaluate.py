@@ -4,10 +4,10 @@
 
 The model is a training checkpoint or a compiled potential (``.jpt``). Energies are compared as
 the dataset's labels are defined: when the labels exclude dispersion (the fidelity's
-``labels_include_dispersion`` is false) but the potential adds D3(BJ), the D3(BJ) energy and forces
-are removed from the prediction first. For a checkpoint the potential is simply built without
-dispersion; for a compiled file they are computed with the reference ``dftd3`` package with the
-parameters recorded in the file's metadata.
+``labels_include_dispersion`` is false) but the potential adds D3(BJ) or D4, the dispersion energy
+and forces are removed from the prediction first. For a checkpoint the potential is simply built
+without dispersion; for a compiled file they are computed with the reference package (``dftd3``,
+or ``dftd4`` with the molecule's total charge) with the parameters recorded in the file's metadata.
 
 Metrics (per file): energy MAE / RMSE in kcal/mol (per molecule), force MAE / RMSE in kcal/mol/Å
 (per component), charge MAE in e, with the number of molecules that carry each label.
@@ -23,7 +23,7 @@ import numpy as np
 
 from .units import ANGSTROM_TO_BOHR, EV_TO_KCAL_PER_MOL, HARTREE_IN_EV
 
-__all__ = ["evaluate_file", "evaluate_files", "reference_d3"]
+__all__ = ["evaluate_file", "evaluate_files", "reference_d3", "reference_d4", "reference_dispersion"]
 
 
 def reference_d3(numbers: np.ndarray, coord: np.ndarray, params: Dict[str, Any]) -> Tuple[float, np.ndarray]:
@@ -40,6 +40,30 @@ def reference_d3(numbers: np.ndarray, coord: np.ndarray, params: Dict[str, Any])
     energy = float(res["energy"]) * HARTREE_IN_EV
     forces = -np.asarray(res["gradient"]) * HARTREE_IN_EV * ANGSTROM_TO_BOHR
     return energy, forces
+
+
+def reference_d4(numbers: np.ndarray, coord: np.ndarray, params: Dict[str, Any],
+                 charge: float = 0.0) -> Tuple[float, np.ndarray]:
+    """D4 energy (eV) and forces (N, 3) eV/Å of one molecule from the reference ``dftd4`` package
+    (EEQ charges for the total ``charge``) with explicit damping parameters (s6, s8, a1, a2, s9, alp)."""
+    from dftd4.interface import DampingParam, DispersionModel
+
+    model = DispersionModel(np.asarray(numbers, dtype=np.int64),
+                            np.asarray(coord, dtype=np.float64) * ANGSTROM_TO_BOHR, charge=float(charge))
+    param = DampingParam(s6=float(params["s6"]), s8=float(params["s8"]), a1=float(params["a1"]),
+                         a2=float(params["a2"]), s9=float(params.get("s9", 1.0)), alp=float(params.get("alp", 16.0)))
+    res = model.get_dispersion(param, grad=True)
+    energy = float(res["energy"]) * HARTREE_IN_EV
+    forces = -np.asarray(res["gradient"]) * HARTREE_IN_EV * ANGSTROM_TO_BOHR
+    return energy, forces
+
+
+def reference_dispersion(numbers: np.ndarray, coord: np.ndarray, params: Dict[str, Any],
+                         charge: float = 0.0) -> Tuple[float, np.ndarray]:
+    """The recorded dispersion (``params["method"]``: d3bj or d4) by its reference package."""
+    if params.get("method", "d3bj") == "d4":
+        return reference_d4(numbers, coord, params, charge)
+    return reference_d3(numbers, coord, params)
 
 
 def _potential(model: Any, fidelity: Union[int, str, None], device: Any):
@@ -97,7 +121,7 @@ def evaluate_file(path: Union[str, Path], module, meta: Dict[str, Any], subtract
             for b, s in enumerate(items):
                 e, f = float(energy[b]), forces[b]
                 if subtract_d3 is not None:
-                    e_d3, f_d3 = reference_d3(s["numbers"], s["coord"], subtract_d3)
+                    e_d3, f_d3 = reference_dispersion(s["numbers"], s["coord"], subtract_d3, float(s["charge"]))
                     e, f = e - e_d3, f - f_d3
                 pred_e.append(e)
                 ref_e.append(float(s["energy"]))

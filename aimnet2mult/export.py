@@ -66,31 +66,49 @@ def single_fidelity_state(ckpt: Dict[str, Any], k: int) -> Tuple[Dict[str, Any],
 
 
 def resolve_dispersion(spec: Any, recorded: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """None/'none' -> no dispersion; 'recorded' -> the checkpoint's; a functional name -> database
-    parameters; a dict with s6/s8/a1/a2 (and optional s9, alp, functional) -> those."""
-    from .dispersion_params import custom_d3bj_parameters, d3bj_parameters
+    """None/'none' -> no dispersion; 'recorded' -> the checkpoint's; a functional name -> its D3(BJ)
+    parameters ('NAME-d4' -> its D4 parameters); a dict ``{"method": "d3bj" | "d4", "functional":
+    NAME}`` or with s6/s8/a1/a2 (and optional s9, alp) -> those. D3(BJ) takes ATM only when asked
+    (``atm: true``), D4 always unless ``atm: false`` (dftd4's default model)."""
+    from .dispersion_params import custom_d3bj_parameters, custom_d4_parameters, d3bj_parameters, d4_parameters
 
     if isinstance(spec, str) and spec == RECORDED:
         spec = recorded
     if spec is None or (isinstance(spec, str) and spec.lower() == "none"):
         return None
     if isinstance(spec, str):
+        name = spec.strip().lower()
+        if name.endswith("-d4") and len(name) > 3:
+            return {"method": "d4", "functional": name[:-3], **d4_parameters(name[:-3])}
         params = d3bj_parameters(spec)
-        return {"method": "d3bj", "functional": spec.lower(), **params}
+        return {"method": "d3bj", "functional": name, **params}
     if isinstance(spec, dict):
         spec = dict(spec)
-        if spec.get("method", "d3bj") != "d3bj":
-            raise ValueError(f"unsupported dispersion method {spec.get('method')!r} (supported: d3bj, none)")
+        method = str(spec.get("method", "d3bj")).lower()
+        if method not in ("d3bj", "d4"):
+            raise ValueError(f"unsupported dispersion method {spec.get('method')!r} (supported: d3bj, d4, none)")
+        d4 = method == "d4"
         functional = spec.get("functional")
         if all(k in spec and spec[k] is not None for k in ("s6", "s8", "a1", "a2")):
-            params = custom_d3bj_parameters(float(spec["s6"]), float(spec["s8"]), float(spec["a1"]),
-                                            float(spec["a2"]), s9=float(spec.get("s9") or 0.0),
-                                            alp=float(spec.get("alp") or 14.0))
+            custom = custom_d4_parameters if d4 else custom_d3bj_parameters
+            s9 = spec.get("s9")
+            params = custom(float(spec["s6"]), float(spec["s8"]), float(spec["a1"]), float(spec["a2"]),
+                            s9=float((1.0 if d4 else 0.0) if s9 is None else s9),
+                            alp=float(spec.get("alp") or (16.0 if d4 else 14.0)))
         elif functional:
-            params = d3bj_parameters(functional, atm=bool(spec.get("atm", False)))
+            if d4:
+                params = d4_parameters(functional, atm=bool(spec.get("atm", True)))
+            else:
+                params = d3bj_parameters(functional, atm=bool(spec.get("atm", False)))
         else:
-            raise ValueError("a d3bj dispersion needs a functional name or all of s6, s8, a1, a2")
-        out = {"method": "d3bj", "functional": functional, **params}
+            raise ValueError(f"a {method} dispersion needs a functional name or all of s6, s8, a1, a2")
+        out = {"method": method, "functional": functional, **params}
+        if d4:
+            for key in ("cutoff", "switch_width"):
+                if spec.get(key) is not None:
+                    raise ValueError(f"the d4 dispersion takes no {key!r}: it sums every pair of each isolated "
+                                     "molecule with dftd4's cutoffs (see aimnet2mult.nn.d4)")
+            return out
         # flat-layout cutoff (Å) and width of its smooth switch (Å); see aimnet2mult.nn.dispersion
         for key in ("cutoff", "switch_width"):
             if spec.get(key) is not None:
@@ -158,7 +176,7 @@ def build_potential(ckpt: Union[Dict[str, Any], str, Path], fidelity: Union[int,
     supported = torch.zeros(off, dtype=torch.bool)
     supported[[int(z) for z in entry["elements"]]] = True
     disp = resolve_dispersion(dispersion, entry.get("dispersion"))
-    specs = ([] if disp is None else [dict(disp, method="d3bj")]) + [dict(t) for t in (terms or [])]
+    specs = ([] if disp is None else [dict(disp, method=disp.get("method", "d3bj"))]) + [dict(t) for t in (terms or [])]
     modules = [build_term(spec) for spec in specs]
     pot = Potential(model, sae, supported, modules, k, entry["name"], SYMBOLS[:off] + [""] * max(0, off - len(SYMBOLS)),
                     neighbor_list=nblist, trained_outputs=trained_outputs(entry))
@@ -186,8 +204,13 @@ def potential_metadata(ckpt: Dict[str, Any], k: int, disp: Optional[Dict[str, An
     coul = coulomb_settings({"coulomb": coulomb})
     if disp is not None:
         disp = dict(disp)
-        disp.setdefault("cutoff", 15.0)
-        disp.setdefault("switch_width", 3.0)
+        disp.setdefault("method", "d3bj")
+        if disp["method"] == "d4":  # every pair of each isolated molecule, dftd4's cutoffs (Bohr)
+            disp.update(cutoff=None, switch_width=None, charges="eeq",
+                        cutoffs_bohr={"cn": 30.0, "eeq_cn": 25.0, "two_body": 60.0, "three_body": 40.0})
+        else:
+            disp.setdefault("cutoff", 15.0)
+            disp.setdefault("switch_width", 3.0)
     return {
         "format": POTENTIAL_FORMAT,
         "format_version": 1,

@@ -321,11 +321,19 @@ class Potential(nn.Module):
         if self.model.coulomb.method != "none":
             cut = self.model.coulomb.pair_cutoff(n_atoms, volume, periodic)
             what = "Coulomb method '{}'".format(self.model.coulomb.method)
-        if cut >= 0.0:
-            for term in self.terms:
-                if term.cutoff > cut:
-                    cut = term.cutoff
-                    what = "the energy term '{}'".format(term.name)
+        every_pair = False
+        for term in self.terms:
+            if term.cutoff < 0.0:  # the term needs every pair of each molecule (e.g. D4's EEQ charges)
+                if periodic:
+                    raise ValueError("the energy term '{}' supports isolated molecules only (it needs every pair "
+                                     "of each molecule); the input is periodic".format(term.name))
+                every_pair = True
+                what = "the energy term '{}'".format(term.name)
+            elif cut >= 0.0 and term.cutoff > cut:
+                cut = term.cutoff
+                what = "the energy term '{}'".format(term.name)
+        if every_pair:
+            cut = -1.0
         if all_pairs and not periodic and cut != 0.0:
             cut = -1.0
         return cut, what
@@ -435,15 +443,13 @@ class Potential(nn.Module):
         return result
 
     def _forces_by_hand(self, has_lr_pairs: bool, periodic: bool) -> bool:
-        """Whether every term of a flat-layout call has a hand-written gradient, so that forces
-        and stress come from ``flat_geometry_vjp`` without autograd: the model's manual path
-        (exported potentials, eval mode), long-range terms on the half pair list (or none at
-        all) and no periodic Ewald sum (its reciprocal part keeps autograd)."""
-        if not self.autograd_free(periodic):
+        """Whether forces and stress of a flat-layout call come from ``flat_geometry_vjp`` with the
+        hand-written gradients: the model's manual path (exported potentials, eval mode), long-range
+        terms on the half pair list (or none at all) and no periodic Ewald sum (its reciprocal part
+        keeps autograd). A term without a hand-written gradient then gets its dE/dd by a local
+        autograd call."""
+        if not self.model.takes_manual_forces() or (self.model.coulomb.method == "ewald" and periodic):
             return False
-        for term in self.terms:
-            if not hasattr(term, "energy_and_distance_grad"):
-                return False  # that term's forces come from autograd
         return has_lr_pairs or (len(self.terms) == 0 and self.model.coulomb.method == "none")
 
     @torch.jit.export
@@ -453,6 +459,9 @@ class Potential(nn.Module):
         Such calls may run under ``torch.inference_mode()``, which skips autograd's bookkeeping
         in every operator (the calculators do; 5-7 % of a call at 9-100 atoms)."""
         model = self.model
+        for term in self.terms:
+            if not hasattr(term, "energy_and_distance_grad"):
+                return False  # that term's gradient is taken by autograd (see _forward_flat)
         return model.takes_manual_forces() and not (model.coulomb.method == "ewald" and periodic)
 
     def _autograd_forces(self, energy: Tensor, out: Dict[str, Tensor], g_lr: Optional[Tensor],
@@ -556,7 +565,18 @@ class Potential(nn.Module):
                             e_t, g_t = term.energy_and_distance_grad(numbers_a, d_lr, out, "pairs_lr", all_lr)
                         g_lr = g_t if g_lr is None else g_lr + g_t
                         by_hand = True
-                if not by_hand:
+                if not by_hand and hand:
+                    # no hand-written gradient: dE/dd of this term alone by a local autograd call, so
+                    # that the network and the other terms keep their hand-written path
+                    torch.set_grad_enabled(True)
+                    d_leaf = d_lr.detach().requires_grad_(True)
+                    e_t = term(numbers_a, d_leaf, out["pair_mask_lr"], out, "pairs_lr", all_lr)
+                    g_auto = torch.autograd.grad([e_t.sum()], [d_leaf], allow_unused=True)[0]
+                    torch.set_grad_enabled(False)
+                    e_t = e_t.detach()
+                    if g_auto is not None:
+                        g_lr = g_auto if g_lr is None else g_lr + g_auto
+                elif not by_hand:
                     e_t = term(numbers_a, d_lr, out["pair_mask_lr"], out, "pairs_lr", all_lr)
             else:
                 e_t = term(numbers_a, out["d_ij"], out["pair_mask"], out, "nbmat", all_lr)

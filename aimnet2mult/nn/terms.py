@@ -20,7 +20,9 @@ A term is an ``nn.Module`` (TorchScript-compilable) with
 
 Terms are built from specifications ``{"method": NAME, ...}`` by the factory registered under
 NAME (:func:`register_term`); ``aimnet2mult.export.build_potential(..., terms=[spec, ...])`` adds
-them to a fidelity's potential (D3(BJ) comes from the fidelity's recorded ``dispersion``).
+them to a fidelity's potential (D3(BJ) or D4 comes from the fidelity's recorded ``dispersion``).
+A ``cutoff`` below 0 asks for every pair of each molecule (D4: its EEQ charges need them); such a
+term refuses periodic input.
 How to write one: ``docs/adding-a-term.md``.
 """
 
@@ -64,4 +66,11 @@ def _d3bj(params: Dict[str, Any]) -> nn.Module:
     return D3BJ.from_params(params)
 
 
+def _d4(params: Dict[str, Any]) -> nn.Module:
+    from .d4 import D4
+
+    return D4.from_params(params)
+
+
 register_term("d3bj", _d3bj)
+register_term("d4", _d4)

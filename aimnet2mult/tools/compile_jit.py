@@ -44,11 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-fidelities", type=int, help="number of fidelities of the model (check)")
     p.add_argument("--use-fidelity-readouts", type=str2bool, help="per-fidelity readouts true/false (check)")
     p.add_argument("--sae", help="SAE YAML of this fidelity (check, or required for a bare state dict)")
-    p.add_argument("--dispersion", choices=["none", "d3bj"], help="dispersion to bake in (default: recorded)")
-    p.add_argument("--dispersion-functional", help="D3(BJ) parameters by functional name (e.g. wb97m, b3lyp)")
+    p.add_argument("--dispersion", choices=["none", "d3bj", "d4"], help="dispersion to bake in (default: recorded)")
+    p.add_argument("--dispersion-functional",
+                   help="D3(BJ) / D4 parameters by functional name (e.g. wb97m, b3lyp, r2scan)")
     for name in ("s6", "s8", "a1", "a2", "s9"):
-        p.add_argument(f"--dispersion-{name}", type=float, help=f"custom D3(BJ) {name}")
-    p.add_argument("--atm", action="store_true", help="add the three-body ATM term (s9 from the database)")
+        p.add_argument(f"--dispersion-{name}", type=float, help=f"custom D3(BJ) / D4 {name}")
+    p.add_argument("--atm", action="store_true",
+                   help="D3(BJ): add the three-body ATM term (s9 from the database); D4 has it by default")
+    p.add_argument("--no-atm", action="store_true", help="D4: two-body only (s9 = 0)")
     p.add_argument("--coulomb", choices=list(COULOMB_METHODS),
                    help="Coulomb method baked into the file (default: the model configuration's)")
     p.add_argument("--dsf-alpha", type=float, help="DSF damping alpha (1/Å, default 0.2)")
@@ -135,22 +138,33 @@ def dispersion_spec(args) -> Any:
 
     custom = {n: getattr(args, f"dispersion_{n}") for n in ("s6", "s8", "a1", "a2", "s9")}
     method = args.dispersion
+    atm = bool(getattr(args, "atm", False))
+    no_atm = bool(getattr(args, "no_atm", False))
     if method is None and (args.dispersion_functional or any(v is not None for v in custom.values())):
         method = "d3bj"
     if method is None:
+        if atm or no_atm:
+            raise ValueError("--atm / --no-atm need --dispersion d3bj or d4")
         return RECORDED
     if method == "none":
-        if args.dispersion_functional or any(v is not None for v in custom.values()):
+        if args.dispersion_functional or any(v is not None for v in custom.values()) or atm or no_atm:
             raise ValueError("--dispersion none contradicts the dispersion parameters given")
         return None
+    if method == "d3bj" and no_atm:
+        raise ValueError("--no-atm is for --dispersion d4 (D3(BJ) has no ATM term unless --atm)")
+    if method == "d4" and atm:
+        raise ValueError("--atm is for --dispersion d3bj (D4 has the ATM term by default; --no-atm removes it)")
     if args.dispersion_functional:
         if any(custom[n] is not None for n in ("s6", "s8", "a1", "a2")):
             raise ValueError("give either --dispersion-functional or custom --dispersion-s6/-s8/-a1/-a2, not both")
-        return {"method": "d3bj", "functional": args.dispersion_functional, "atm": args.atm}
+        return {"method": method, "functional": args.dispersion_functional,
+                "atm": (not no_atm) if method == "d4" else atm}
     if any(custom[n] is None for n in ("s6", "s8", "a1", "a2")):
-        raise ValueError("--dispersion d3bj needs --dispersion-functional or all of "
+        raise ValueError(f"--dispersion {method} needs --dispersion-functional or all of "
                          "--dispersion-s6, --dispersion-s8, --dispersion-a1, --dispersion-a2")
-    spec: Dict[str, Any] = {"method": "d3bj", **{n: v for n, v in custom.items() if v is not None}}
+    spec: Dict[str, Any] = {"method": method, **{n: v for n, v in custom.items() if v is not None}}
+    if no_atm:
+        spec["s9"] = 0.0
     return spec
 
 
