@@ -269,7 +269,18 @@ def d4_parameters(functional: str, atm: bool = True) -> Dict[str, float]:
     Raises :class:`DispersionParameterError` for unknown names (listing near matches) and for
     functionals that the database has without D4 parameters.
     """
-    key = _resolve(functional, "dftd4")
+    try:
+        key = _resolve(functional, "dftd4")
+    except DispersionParameterError as err:
+        name = functional.strip().lower() if isinstance(functional, str) else ""
+        known_d3 = name and (_lookup(name) or any(
+            name.endswith(x) and _lookup(name[: -len(x)]) for x in _SUFFIXES["dftd4"] + _SUFFIXES["dftd3"]))
+        if known_d3:
+            raise DispersionParameterError(
+                f"Functional {functional!r} has D3 parameters (dftd3 database) but no D4 parameters in the dftd4 "
+                "database: use D3(BJ) for it, or pass explicit values via custom_d4_parameters(...)."
+            ) from None
+        raise err
     d4 = _entries("dftd4")[key].get("d4", {})
     entry = d4.get("bj-eeq-atm")
     if entry is None:

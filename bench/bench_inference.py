@@ -79,6 +79,7 @@ def omp_wait_policy() -> str:
 
 TARGET_OFFICIAL = 0.5
 TARGET_AIMNET = 0.7
+TARGET_D4_VS_D3 = 1.3  # a D4 potential at most this times the same potential with D3(BJ)
 E_TOL = 1e-4  # eV
 TARGET_RANGE = (10, 100)  # atoms: the molecule sizes the ratio targets apply to
 
@@ -177,15 +178,28 @@ def official_member(path: Path, member: int = 0):
     return mod
 
 
-def export_aimnet2mult(path: Path, out: Path, member: int = 0, shift_dtype: str = "float32") -> Path:
-    """The official member as an aimnet2mult potential file (its own D3(BJ) baked in)."""
-    from aimnet2mult.export import export_potential
+def export_aimnet2mult(path: Path, out: Path, member: int = 0, shift_dtype: str = "float32",
+                      dispersion: str = "d3bj") -> Path:
+    """The official member as an aimnet2mult potential file: its own D3(BJ) baked in
+    (``dispersion`` "d3bj"), or wB97M's D4 instead ("d4"), or no dispersion ("none")."""
+    from aimnet2mult.export import RECORDED, export_potential
     from aimnet2mult.import_official import official_member_checkpoint
 
     ckpt = official_member_checkpoint(path, member)
     ckpt["model_config"]["shift_dtype"] = shift_dtype
     suffix = "" if shift_dtype == "float32" else f"_{shift_dtype}_shifts"
-    return export_potential(ckpt, 0, out / f"aimnet2mult_wb97m_m{member}{suffix}.jpt")
+    spec = {"d3bj": RECORDED, "d4": {"method": "d4", "functional": "wb97m"},
+            "d4_twobody": {"method": "d4", "functional": "wb97m", "atm": False}, "none": None}[dispersion]
+    if dispersion != "d3bj":
+        suffix += f"_{dispersion}"
+    return export_potential(ckpt, 0, out / f"aimnet2mult_wb97m_m{member}{suffix}.jpt", dispersion=spec)
+
+
+def dftd4_call(atoms, params):
+    """The dftd4 library's D4 energy and gradient of the molecule (the peer of the D4 term)."""
+    from aimnet2mult.evaluate import reference_d4
+
+    return reference_d4(atoms.numbers, atoms.positions, params)
 
 
 def aimnet_unavailable_reason():
@@ -345,6 +359,12 @@ def run(args):
     ours.eval()
     ours64 = None
     export_s = time.perf_counter() - t0
+    ours_d4 = ours_none = None
+    if args.d4:  # the same file with D4 instead of D3(BJ), and without dispersion (the terms' shares)
+        ours_d4 = torch.jit.load(str(export_aimnet2mult(path, out_dir, dispersion="d4")), map_location="cpu")
+        ours_d4_2 = torch.jit.load(str(export_aimnet2mult(path, out_dir, dispersion="d4_twobody")),
+                                   map_location="cpu")
+        ours_none = torch.jit.load(str(export_aimnet2mult(path, out_dir, dispersion="none")), map_location="cpu")
     reason = "disabled with --no-aimnet" if args.no_aimnet else aimnet_unavailable_reason()
     calc = aimnet_info = None
     if reason is None:
@@ -374,6 +394,14 @@ def run(args):
         }
         if args.dense:
             arms["aimnet2mult_dense"] = lambda: ours(dict(dense))
+        if ours_d4 is not None:
+            arms["aimnet2mult_d4"] = lambda: ours_call(ours_d4, flat)
+            arms["aimnet2mult_d4_twobody"] = lambda: ours_call(ours_d4_2, flat)
+            arms["aimnet2mult_nodisp"] = lambda: ours_call(ours_none, flat)
+            from aimnet2mult.dispersion_params import d4_parameters
+
+            d4_params = d4_parameters("wb97m")
+            arms["dftd4_library"] = lambda: dftd4_call(atoms, d4_params)
         if calc is not None:
             dmax = float(torch.cdist(coord.double(), coord.double()).max())
             # DFT-D3 cutoff past every distance (aimnet's smoothing starts at 0.8 x cutoff): all pairs
@@ -384,6 +412,7 @@ def run(args):
 
         # correctness first (also the first warm-up call of every arm)
         res = {name: fn() for name, fn in arms.items()}
+        d4_lib = res.pop("dftd4_library", None)
         e = {name: float(r["energy"].detach().double().reshape(-1)[0]) for name, r in res.items()}
         f = {name: r["forces"].detach().double().reshape(-1, 3) for name, r in res.items()}
         checks = {"official": {"dE_eV": abs(e["aimnet2mult"] - e["official"]),
@@ -442,6 +471,15 @@ def run(args):
                "matmul_onednn_vs_official": (med["mlp_matmuls_onednn"] / med["official"]
                                              if "mlp_matmuls_onednn" in med else None),
                "energy_eV": e, "checks": checks, "info": checks_info, "load": machine_load()}
+        if "aimnet2mult_d4" in med:
+            row["ratio_d4_vs_d3"] = med["aimnet2mult_d4"] / med["aimnet2mult"]
+            row["d3_share"] = (med["aimnet2mult"] - med["aimnet2mult_nodisp"]) / med["aimnet2mult"]
+            row["d4_share"] = (med["aimnet2mult_d4"] - med["aimnet2mult_nodisp"]) / med["aimnet2mult_d4"]
+            row["ratio_d4_twobody_vs_d3"] = med["aimnet2mult_d4_twobody"] / med["aimnet2mult"]
+            # the D4 term's own time (D4 file - file without dispersion) against dftd4's energy + gradient
+            row["d4_term_vs_dftd4_library"] = (med["aimnet2mult_d4"] - med["aimnet2mult_nodisp"]) / med["dftd4_library"]
+            checks["d4"] = {"dE_eV": abs(e["aimnet2mult_d4"] - e["aimnet2mult_nodisp"] - d4_lib[0])}
+            checks["d4"]["ok"] = checks["d4"]["dE_eV"] <= E_TOL
         rows.append(row)
         print(_row_line(row), flush=True)
     return {"benchmark": "inference", "device": "cpu", "threads": args.threads, "torch": torch.__version__,
@@ -481,6 +519,10 @@ def summarize(rows):
         s["worst_ratio_dense_vs_official_10_100"] = max(rd)
         s["met_dense_vs_official"] = max(rd) <= TARGET_OFFICIAL
         s["energies_agree_dense"] = all(r["checks"]["dense"]["ok"] for r in rows if "dense" in r["checks"])
+    r4 = [r["ratio_d4_vs_d3"] for r in in_range if r.get("ratio_d4_vs_d3") is not None]
+    if r4:
+        s["worst_ratio_d4_vs_d3_10_100"] = max(r4)
+        s["met_d4_vs_d3"] = max(r4) <= TARGET_D4_VS_D3
     ra = [r["ratio_vs_aimnet"] for r in in_range if r["ratio_vs_aimnet"] is not None]
     if ra:
         s["worst_ratio_vs_aimnet_10_100"] = max(ra)
@@ -532,6 +574,14 @@ def print_table(result):
         print(f"; dense input/official <= {TARGET_OFFICIAL} -> worst {s['worst_ratio_dense_vs_official_10_100']:.2f} "
               f"({'met' if s['met_dense_vs_official'] else 'NOT met'}; energies within {E_TOL} eV: "
               f"{s['energies_agree_dense']})", end="")
+    if "worst_ratio_d4_vs_d3_10_100" in s:
+        print("; D4 potential/D3 potential <= {} -> worst {:.2f} ({}; share of a call D3 {}, D4 {}; D4 "
+              "two-body only {} x D3; D4 term / dftd4 library {})".format(
+                  TARGET_D4_VS_D3, s["worst_ratio_d4_vs_d3_10_100"], "met" if s["met_d4_vs_d3"] else "NOT met",
+                  "/".join(f"{r['d3_share']:.0%}" for r in rows if "d3_share" in r),
+                  "/".join(f"{r['d4_share']:.0%}" for r in rows if "d4_share" in r),
+                  "/".join(f"{r['ratio_d4_twobody_vs_d3']:.2f}" for r in rows if "d3_share" in r),
+                  "/".join(f"{r['d4_term_vs_dftd4_library']:.2f}" for r in rows if "d3_share" in r)), end="")
     print(f"; energies within {E_TOL} eV: official {s['energies_agree_official']}"
           + (f", aimnet {s['energies_agree_aimnet']}" if "energies_agree_aimnet" in s else ""))
 
@@ -580,6 +630,9 @@ def main(argv=None):
     p.add_argument("--dense", action="store_true", default=True,
                    help="also time the same file called with the dense contract (B, N) (default)")
     p.add_argument("--no-dense", dest="dense", action="store_false", help="leave the dense-input arm out")
+    p.add_argument("--d4", action="store_true", default=True,
+                   help="also time the file with D4 (wB97M) instead of D3(BJ), and without dispersion (default on)")
+    p.add_argument("--no-d4", dest="d4", action="store_false", help="leave the D4 / no-dispersion arms out")
     p.add_argument("--quick", action="store_true", help="smoke run: sizes 10 20, 2 repeats, 2 warm-up calls")
     args = p.parse_args(argv)
     if args.block < 1:

@@ -37,3 +37,15 @@ def small_checkpoint(num_fidelities=2, seed=0, dispersion=None, charges_trained=
 def as_torch(coord, numbers, charge, dtype=torch.float32):
     return {"coord": torch.tensor(coord, dtype=dtype), "numbers": torch.tensor(numbers),
             "charge": torch.tensor(charge, dtype=dtype)}
+
+
+def padded_batch(flats):
+    """Flat single-molecule inputs ({"coord" (N, 3), "numbers" (N,), "charge" (1,)}) as one padded
+    dense batch {"coord" (B, N_max, 3), "numbers" (B, N_max), "charge" (B,)}."""
+    n_max = max(len(f["numbers"]) for f in flats)
+    coord = torch.zeros(len(flats), n_max, 3, dtype=flats[0]["coord"].dtype)
+    numbers = torch.zeros(len(flats), n_max, dtype=torch.long)
+    for b, f in enumerate(flats):
+        coord[b, :len(f["numbers"])] = f["coord"]
+        numbers[b, :len(f["numbers"])] = f["numbers"]
+    return {"coord": coord, "numbers": numbers, "charge": torch.cat([f["charge"] for f in flats])}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import toy_term  # noqa: F401  (registers the toy terms, as a user's module would)
-from helpers import small_checkpoint
+from helpers import padded_batch, small_checkpoint
 from molecules import get as get_molecule
 
 from aimnet2mult.dispersion_params import d3bj_parameters
@@ -101,15 +101,10 @@ def test_hand_gradient_equals_autograd(ckpt, term, periodic):
 @pytest.mark.parametrize("term", list(TERMS))
 def test_dense_equals_flat(ckpt, term):
     pot = _pot(ckpt, term)
-    names = ["CH3CH2OH", "H2O", "CH3Cl"]
-    flats = [_flat(n) for n in names]
-    n_max = max(len(f["numbers"]) for f in flats)
-    coord = torch.zeros(len(names), n_max, 3, dtype=torch.float64)
-    numbers = torch.zeros(len(names), n_max, dtype=torch.long)
-    for b, f in enumerate(flats):
-        coord[b, :len(f["numbers"])] = f["coord"]
-        numbers[b, :len(f["numbers"])] = f["numbers"]
-    dense = pot({"coord": coord, "numbers": numbers, "charge": torch.cat([f["charge"] for f in flats])})
+    flats = [_flat(n) for n in ["CH3CH2OH", "H2O", "CH3Cl"]]
+    batch = padded_batch(flats)
+    n_max = batch["numbers"].shape[1]
+    dense = pot(batch)
     for b, f in enumerate(flats):
         alone = pot(dict(f))
         n = len(f["numbers"])

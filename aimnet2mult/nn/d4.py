@@ -189,6 +189,10 @@ class D4(nn.Module):
             buf[0] = 0.0
         self.eeq_eta[0] = 1.0
         self.eeq_rad[0] = 1.0
+        # the triples of the last pair list (see _cached_triples); not saved with the module
+        self.register_buffer("_triple_pairs", torch.zeros(2, 0, dtype=torch.long), persistent=False)
+        self.register_buffer("_triple_mol", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("_triple_index", torch.zeros(3, 0, dtype=torch.long), persistent=False)
 
     @classmethod
     def from_params(cls, params: Dict[str, float]) -> "D4":
@@ -243,7 +247,11 @@ class D4(nn.Module):
         border = torch.full_like(mol_r, m)
         mat = mat.index_put((mol_r, loc_r, border), ones)
         mat = mat.index_put((mol_r, border, loc_r), ones)
-        b = -self.eeq_chi[numbers[ri]] + self.eeq_kcn[numbers[ri]] * torch.sqrt(cn_eeq[ri])
+        cn_r = cn_eeq[ri]
+        positive = cn_r > 1e-300  # sqrt'(0) is infinite: an isolated atom (CN 0) must not give NaN forces
+        root = torch.where(positive, torch.sqrt(torch.where(positive, cn_r, torch.ones_like(cn_r))),
+                           torch.zeros_like(cn_r))
+        b = -self.eeq_chi[numbers[ri]] + self.eeq_kcn[numbers[ri]] * root
         rhs = rhs.index_put((mol_r, loc_r), b)
         rhs[:, m] = charge.to(r.dtype)
         x = torch.linalg.solve(mat, rhs.unsqueeze(-1)).squeeze(-1)
@@ -302,35 +310,104 @@ class D4(nn.Module):
         if self.s9 != 0.0:
             pol0 = self.weighted_polarizabilities(numbers, cn, torch.zeros_like(q))
             c6_0 = (pol0[ai] * pol0[aj]).sum(-1)
-            energy = energy + self._atm(numbers, pairs, r, valid, c6_0, r0, mol_idx, n_mol)
+            energy = energy + self._atm(numbers, pairs, r, valid, c6_0, r0, mol_idx, n_mol, d_ij.dtype)
         return energy * self.hartree2ev
 
-    def _atm(self, numbers: Tensor, pairs: Tensor, r: Tensor, valid: Tensor, c6: Tensor, r0: Tensor,
-             mol_idx: Tensor, n_mol: int) -> Tensor:
-        """Axilrod-Teller-Muto energy (n_mol,) Hartree, summed densely per molecule."""
-        device = r.device
+    def _triples(self, numbers: Tensor, pairs: Tensor, inside: Tensor, mol_idx: Tensor,
+                 n_mol: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Every triple i < j < k of a molecule whose three pairs are all ``inside``, as the
+        indices of its pairs (ij, ik, jk) in the half list: (T,) each."""
+        device = pairs.device
         local, m = _local_index(numbers, mol_idx, n_mol)
+        a = torch.where(local[pairs[0]] < local[pairs[1]], pairs[0], pairs[1])
+        b = torch.where(local[pairs[0]] < local[pairs[1]], pairs[1], pairs[0])
+        mol_p = mol_idx[a]
+        la, lb = local[a], local[b]
+        index = torch.full((n_mol, m, m), -1, dtype=torch.long, device=device)
+        pid = torch.arange(pairs.shape[1], device=device)
+        index = index.index_put((mol_p, la, lb), pid).index_put((mol_p, lb, la), pid)
+        size = torch.bincount(mol_idx[numbers > 0], minlength=n_mol)
+        # pair (a, b) with local a < b makes a triple with every k of the molecule above b
+        count = torch.where(inside, size[mol_p] - 1 - lb, torch.zeros_like(lb))
+        p_ab = torch.repeat_interleave(pid, count)
+        first = torch.cumsum(count, 0) - count
+        lk = lb[p_ab] + 1 + (torch.arange(p_ab.shape[0], device=device) - first[p_ab])
+        mol_t = mol_p[p_ab]
+        p_ak = index[mol_t, la[p_ab], lk]
+        p_bk = index[mol_t, lb[p_ab], lk]
+        ok = (p_ak >= 0) & (p_bk >= 0)
+        p_ak = torch.where(ok, p_ak, torch.zeros_like(p_ak))
+        p_bk = torch.where(ok, p_bk, torch.zeros_like(p_bk))
+        ok = ok & inside[p_ak] & inside[p_bk]
+        keep = ok.nonzero().squeeze(-1)
+        return p_ab[keep], p_ak[keep], p_bk[keep]
+
+    def _cached_triples(self, numbers: Tensor, pairs: Tensor, mol_idx: Tensor,
+                        n_mol: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """``_triples`` of every pair, reused while the pair list stays the same (an MD run: the
+        potential lists every pair of the molecule in the same order at each step)."""
+        same = (self._triple_pairs.shape == pairs.shape and self._triple_mol.shape == mol_idx.shape
+                and self._triple_pairs.device == pairs.device)
+        if same:
+            same = bool(torch.equal(self._triple_pairs, pairs)) and bool(torch.equal(self._triple_mol, mol_idx))
+        if not same:
+            everything = torch.ones(pairs.shape[1], dtype=torch.bool, device=pairs.device)
+            t_ab, t_ak, t_bk = self._triples(numbers, pairs, everything, mol_idx, n_mol)
+            self._triple_index = torch.stack([t_ab, t_ak, t_bk])
+            self._triple_pairs = pairs.clone()
+            self._triple_mol = mol_idx.clone()
+        return self._triple_index[0], self._triple_index[1], self._triple_index[2]
+
+    def _atm(self, numbers: Tensor, pairs: Tensor, r: Tensor, valid: Tensor, c6: Tensor, r0: Tensor,
+             mol_idx: Tensor, n_mol: int, dtype: torch.dtype) -> Tensor:
+        """Axilrod-Teller-Muto energy (n_mol,) Hartree over the unique triples, with its gradient
+        with respect to the pair distances and C6 written by hand (the triple sum is most of D4's
+        cost; autograd over it would keep ~20 triple-sized temporaries): the returned energy has
+        the exact value and the exact first derivatives with respect to ``r`` and ``c6``. The
+        triple arithmetic runs in ``dtype`` (the potential's working dtype), the sum in float64."""
         inside = valid & (r <= self.disp3_cutoff)
-        mol_p = mol_idx[pairs[0]]
-        li, lj = local[pairs[0]], local[pairs[1]]
-        zero = torch.zeros(n_mol, m, m, dtype=r.dtype, device=device)
-        present = torch.zeros(n_mol, m, m, dtype=torch.bool, device=device)
-        present = present.index_put((mol_p, li, lj), inside).index_put((mol_p, lj, li), inside)
-        ones = torch.ones_like(zero)
-        r2 = ones.index_put((mol_p, li, lj), r * r).index_put((mol_p, lj, li), r * r)
-        c6m = zero.index_put((mol_p, li, lj), c6).index_put((mol_p, lj, li), c6)
-        r0m = ones.index_put((mol_p, li, lj), r0).index_put((mol_p, lj, li), r0)
-        # triple (i, j, k): ij = [:, i, j, None], ik = [:, i, None, k], jk = [:, None, j, k]
-        mask = present.unsqueeze(3) & present.unsqueeze(2) & present.unsqueeze(1)
-        r2ij, r2ik, r2jk = r2.unsqueeze(3), r2.unsqueeze(2), r2.unsqueeze(1)
-        rr2 = r2ij * r2ik * r2jk
-        rr1 = torch.sqrt(rr2)
-        rr3 = rr1 * rr2
-        r0t = r0m.unsqueeze(3) * r0m.unsqueeze(2) * r0m.unsqueeze(1)
-        fdamp = 1.0 / (1.0 + 6.0 * (r0t / rr1) ** (self.alp / 3.0))
-        s = (r2ij + r2jk - r2ik) * (r2ij - r2jk + r2ik) * (-r2ij + r2jk + r2ik)
-        ang = 0.375 * s / (rr3 * rr2) + 1.0 / rr3
-        c9 = c6m.unsqueeze(3) * c6m.unsqueeze(2) * c6m.unsqueeze(1)
-        c9 = torch.sqrt(torch.where(mask, c9.abs(), torch.ones_like(c9)))
-        e = torch.where(mask, self.s9 * c9 * ang * fdamp, torch.zeros_like(c9))
-        return e.sum((1, 2, 3)) / 6.0
+        with torch.no_grad():
+            t_ab, t_ak, t_bk = self._cached_triples(numbers, pairs, mol_idx, n_mol)
+            keep = inside.to(dtype)
+            rd = r.detach().to(dtype)
+            r2 = rd * rd
+            sc = torch.sqrt(c6.detach().clamp(min=0.0)).to(dtype) * keep  # a side beyond the cutoff: no triple
+            tp = (r0.detach().to(dtype) / rd) ** (self.alp / 3.0)  # per pair: (R0 / r)^(alp/3)
+            x, y, z = r2[t_ab], r2[t_ak], r2[t_bk]
+            cab, cak, cbk = sc[t_ab], sc[t_ak], sc[t_bk]
+            rr2 = x * y * z
+            inv3 = 1.0 / (torch.sqrt(rr2) * rr2)
+            inv5 = inv3 / rr2
+            u, v, w = x + z - y, x - z + y, y + z - x
+            uv, uw = u * v, u * w
+            ss = uv * w
+            ang = 0.375 * ss * inv5 + inv3
+            tt = tp[t_ab] * tp[t_ak] * tp[t_bk]
+            f = 1.0 / (1.0 + 6.0 * tt)
+            af = self.s9 * ang * f
+            cbc = cak * cbk
+            c9 = cab * cbc
+            e = (af * c9).to(torch.float64)
+            # e = s9 c9 A F with A = 0.375 S / R⁵ + 1 / R³, F = 1 / (1 + 6 T), S = u v w:
+            # de/dx = q dS/dx + p / x (x = r_ij², likewise y, z), dS/dx = 2 x w - u v, ...
+            q = (0.375 * self.s9) * c9 * inv5 * f
+            p = (self.s9 * f) * c9 * (ang * self.alp * tt * f - 0.9375 * ss * inv5 - 1.5 * inv3)
+            de_x = q * (2.0 * x * w - uv) + p / x
+            de_y = q * (2.0 * y * u - v * w) + p / y
+            de_z = q * (2.0 * z * v - uw) + p / z
+            n_p = r.shape[0]
+            g_r2 = torch.zeros(n_p, dtype=dtype, device=r.device)
+            g_r2 = g_r2.index_add(0, t_ab, de_x).index_add(0, t_ak, de_y).index_add(0, t_bk, de_z)
+            g_sc = torch.zeros(n_p, dtype=dtype, device=r.device)
+            g_sc = g_sc.index_add(0, t_ab, af * cbc).index_add(0, t_ak, af * cab * cbk)
+            g_sc = g_sc.index_add(0, t_bk, af * cab * cak)
+            g_r = (g_r2 * 2.0 * rd * keep).to(r.dtype)
+            positive = sc > 0.0
+            g_c6 = torch.where(positive, g_sc * 0.5 / torch.where(positive, sc, torch.ones_like(sc)),
+                               torch.zeros_like(sc)).to(r.dtype)
+            mol_t = mol_idx[pairs[0][t_ab]]
+            energy = torch.zeros(n_mol, dtype=torch.float64, device=r.device).index_add(0, mol_t, e)
+        # value: the triple sum; first derivatives: g_r, g_c6 (a linear surrogate of zero value)
+        lin = g_r * r + g_c6 * c6
+        surrogate = torch.zeros(n_mol, dtype=r.dtype, device=r.device).index_add(0, mol_idx[pairs[0]], lin)
+        return energy + (surrogate - surrogate.detach())
