@@ -60,6 +60,12 @@ def _cmd_train(args) -> int:
     return run(args)
 
 
+def _cmd_finetune(args) -> int:
+    from .train.finetune import run
+
+    return run(args)
+
+
 def _cmd_sae(args) -> int:
     from .train.calc_sae import main as sae_main
 
@@ -105,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("finetune", help="add a fidelity (a new level of theory) to a pretrained model, with replay",
+                       description="Fine-tune a pretrained model to a new level of theory (see "
+                                   "aimnet2mult/train/finetune.py).")
+    from .train.finetune import add_arguments as add_finetune_arguments
+
+    add_finetune_arguments(p)
+    p.set_defaults(func=_cmd_finetune)
     p = sub.add_parser("sae", help="fit self-atomic energies of a dataset (DATA.h5 OUT.yaml)")
     p.add_argument("sae_args", nargs=argparse.REMAINDER, help="DATA.h5 OUT.yaml [--seed N]")
     p.set_defaults(func=_cmd_sae)
