@@ -455,9 +455,13 @@ def test_validation_sampler_visits_every_molecule_once(mode, size):
 
 def test_sampler_bad_weights():
     fid, natoms = _sampler_data(n_per_fid=10)
-    for w in ({0: 0}, {1: -1.0}, {2: 1.0}, {0: "x"}, {0: float("nan")}):
+    for w in ({0: 0, 1: 0}, {1: -1.0}, {2: 1.0}, {0: "x"}, {0: float("nan")}):
         with pytest.raises(ValueError):
             MixedFidelityBatchSampler(fid, natoms, w, batch_size=4)
+    # weight 0: validation only, never drawn for training
+    sampler = MixedFidelityBatchSampler(fid, natoms, {0: 0}, batch_size=4, batches_per_epoch=20)
+    drawn = np.concatenate(list(iter(sampler)))
+    assert len(drawn) == 80 and not (np.asarray(fid)[drawn] == 0).any()
     with pytest.raises(ValueError):
         MixedFidelityBatchSampler(fid, natoms, None, batch_size=4, batch_mode="graphs")
     with pytest.raises(ValueError):

@@ -59,13 +59,16 @@ def _as_weights(weights: Optional[Mapping], fids: Sequence[int], check_known: bo
             w = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"fidelity_weights.{f}: {value!r} is not a number") from None
-        if not math.isfinite(w) or w <= 0:
-            raise ConfigError(f"fidelity_weights.{f} must be a positive number, got {value!r}")
+        if not math.isfinite(w) or w < 0:
+            raise ConfigError(f"fidelity_weights.{f} must be positive, or 0 (validation only), got {value!r}")
         if check_known and f not in fids:
             raise ConfigError(f"fidelity_weights names fidelity {f}, but the data has fidelities "
                               f"{list(fids)}")
         out[f] = w
-    return np.array([out.get(f, 1.0) for f in fids], dtype=np.float64)
+    w = np.array([out.get(f, 1.0) for f in fids], dtype=np.float64)
+    if len(w) and check_known and not (w > 0).any():
+        raise ConfigError("fidelity_weights: every fidelity has weight 0; at least one must be drawn")
+    return w
 
 
 class _Streams:

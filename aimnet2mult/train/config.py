@@ -130,8 +130,12 @@ def normalize(cfg: Dict[str, Any]) -> Dict[str, Any]:
         for k, v in mapping.items():
             mapping[k] = str(Path(str(v)).expanduser().resolve())
     for k, w in data["fidelity_weights"].items():
-        if not isinstance(w, (int, float)) or w <= 0:
-            raise ConfigError(f"data.fidelity_weights.{k} must be a positive number, got {w!r}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+            raise ConfigError(f"data.fidelity_weights.{k} must be a positive number, or 0 (validation only), "
+                              f"got {w!r}")
+    weights = [float(data["fidelity_weights"].get(k, 1.0)) for k in fids]
+    if weights and max(weights) <= 0:
+        raise ConfigError("data.fidelity_weights: every fidelity has weight 0; at least one must be drawn")
     if int(cfg["fidelity_offset"]) <= 118:
         raise ConfigError("fidelity_offset must exceed the largest atomic number (118)")
     return cfg

@@ -17,8 +17,9 @@ How the new fidelity starts (``initial.pt`` in the work directory, before any op
   source's plus the per-element shift that best maps the source's energies onto the new labels
   (least squares): it starts as the source level plus a per-element correction, and training
   learns the rest;
-* elements of the new data that the source fidelity was never trained on get the embedding row of
-  the nearest trained element by atomic number (ties: the lighter one) and a zero shift.
+* elements of the new data that the source fidelity was never trained on start as the nearest
+  trained element by atomic number (ties: the lighter one): its embedding row, shift and SAE, plus
+  their own fitted SAE shift.
 
 Strategies (what keeps the pretrained fidelities from drifting while the backbone adapts):
 
@@ -167,7 +168,10 @@ def sae_relative_to_source(source: Dict[str, Any], k_from: int, data_path: str,
     ds.close()
     shift, *_ = np.linalg.lstsq(counts, diff, rcond=None)
     sae_src = {int(z): float(v) for z, v in source["fidelities"][k_from]["sae"].items()}
-    return {int(z): sae_src.get(int(z), 0.0) + float(shift[j]) for j, z in enumerate(elements)}
+    trained = sorted(supported)
+    base = {int(z): sae_src.get(int(z) if int(z) in supported else nearest_element(int(z), trained), 0.0)
+            for z in elements}
+    return {int(z): base[int(z)] + float(shift[j]) for j, z in enumerate(elements)}
 
 
 # ------------------------------------------------------------------------------------ initial model
@@ -210,12 +214,11 @@ def initial_checkpoint(source: Dict[str, Any], k_from: int, name: str, sae_new: 
         for z in sorted(set(int(z) for z in new_elements) - set(trained)):
             near = nearest_element(z, trained)
             emb[n_src * off + z] = emb[n_src * off + near]
-            if model.use_fidelity_readouts:
-                model.readouts[n_src].shifts[z] = 0.0
-            else:
-                model.readouts[0].shifts[n_src * off + z] = 0.0
+            shifts = model.readouts[n_src].shifts if model.use_fidelity_readouts else model.readouts[0].shifts
+            base = 0 if model.use_fidelity_readouts else n_src * off
+            shifts[base + z] = shifts[base + near]
             lines.append(f"fidelity {n_src}: element {z} (not trained in fidelity {k_from}) starts from element "
-                         f"{near}'s embedding row, shift 0")
+                         f"{near}'s embedding row and shift")
     for line in lines:
         log.info("finetune: %s", line)
     fids = []

@@ -63,7 +63,8 @@ def transfer_weights(model: torch.nn.Module, target_cfg: Dict[str, Any], target_
         sae_src = {int(z): float(v) for z, v in src_fid["sae"].items()}
         new_shifts = torch.zeros(off_t, dtype=torch.float64)
         for z in src_elements:
-            new_shifts[z] = shifts_src[z] + sae_src.get(z, 0.0) - target_sae.get(k, {}).get(z, 0.0)
+            # (SAE difference first: an unchanged SAE leaves the shift bit-identical)
+            new_shifts[z] = shifts_src[z] + (sae_src.get(z, 0.0) - target_sae.get(k, {}).get(z, 0.0))
         if target_cfg["use_fidelity_readouts"]:
             prefix = f"readouts.{k}."
             for name, value in mlp.items():
