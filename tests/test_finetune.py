@@ -172,6 +172,8 @@ def test_from_the_official_member_both_fidelities_export(tmp_path, wb97m_file):
     ft = load_checkpoint(tmp_path / "ft.pt")
     assert ft["fidelities"][0]["dispersion"] == official["fidelities"][0]["dispersion"]
     assert ft["fidelities"][0]["elements"] == official["fidelities"][0]["elements"]
+    for key in ("labels_include_dispersion", "trained_outputs", "sae", "name"):
+        assert ft["fidelities"][0][key] == official["fidelities"][0][key], key
     assert ft["fidelities"][1]["dispersion"]["method"] == "d3bj"
     atoms = molecule("CH3CH2OH")
     energies = []

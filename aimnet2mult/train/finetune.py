@@ -24,7 +24,8 @@ How the new fidelity starts (``initial.pt`` in the work directory, before any op
 Strategies (what keeps the pretrained fidelities from drifting while the backbone adapts):
 
 * ``replay`` (default): pseudo-labels of every source fidelity, computed by the loaded model itself
-  (energies, forces, and charges where that fidelity was trained on charges; float64) on the new
+  (network energies without dispersion, forces, and charges where that fidelity was trained on
+  charges; float64) on the new
   data's geometries and on the optional ``--replay-pool`` files, are that fidelity's training data,
   drawn with the total sampling weight ``--replay-weight`` (the new data gets the rest). No original
   training data is needed. Use it when the backbone should adapt and the old levels must stay.
@@ -83,9 +84,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def pseudo_label(source: Dict[str, Any], fidelity: int, geometry_files: Sequence[str], out: Path,
                  batch_size: int = 64) -> int:
     """Write ``out`` (seed layout): the molecules of ``geometry_files`` whose elements ``fidelity``
-    supports, labelled by the source checkpoint itself (float64; energies as that fidelity's labels
-    are defined: with its dispersion when ``labels_include_dispersion``; forces; charges where that
-    fidelity was trained on charges). Returns the number of molecules written (0: no file)."""
+    supports, labelled by the source checkpoint itself (float64): the network's energies and forces
+    without the fidelity's dispersion (what the network itself is trained on; the dispersion is added
+    again at export), charges where that fidelity was trained on charges. Returns the number of
+    molecules written (0: no file)."""
     import torch
 
     from ..data.h5dataset import SizeGroupedDataset
@@ -93,8 +95,7 @@ def pseudo_label(source: Dict[str, Any], fidelity: int, geometry_files: Sequence
     from ..export import build_potential
 
     entry = source["fidelities"][fidelity]
-    pot = build_potential(source, fidelity, dispersion="recorded" if entry.get("labels_include_dispersion")
-                          else None).double()
+    pot = build_potential(source, fidelity, dispersion=None).double()
     supported = {int(z) for z in entry["elements"]}
     bucket = Bucket()
     skipped = 0
@@ -304,8 +305,9 @@ def prepare(args) -> Dict[str, Any]:
             "val_fidelity_datasets": val_files,
             "fidelity_weights": weights,
             "sae": {"energy": {"files": sae_files}},
-            "labels_include_dispersion": {k: bool(f.get("labels_include_dispersion", False))
-                                          for k, f in enumerate(init["fidelities"])},
+            # the pseudo-labels are network energies (no dispersion); the source's own flag is restored after
+            "labels_include_dispersion": {**{k: False for k in range(n_src)},
+                                          n_src: bool(args.labels_include_dispersion)},
             "dispersion": {k: f.get("dispersion") for k, f in enumerate(init["fidelities"]) if f.get("dispersion")},
         },
     }
@@ -323,19 +325,19 @@ def prepare(args) -> Dict[str, Any]:
     return {"workdir": work, "initial": initial, "config": path, "train_config": cfg}
 
 
-def keep_source_elements(path: str, initial: Dict[str, Any]) -> None:
-    """The trainer records as a fidelity's elements those of its data; a source fidelity keeps every
-    element it was trained on before (its pseudo-labels may cover fewer)."""
+def restore_source_fidelities(path: str, initial: Dict[str, Any]) -> None:
+    """The trainer records a fidelity's elements, outputs and label convention from its data (here
+    the pseudo-labels); a source fidelity keeps its own: every element it was trained on (the
+    pseudo-labels may cover fewer), its SAE, its trained outputs and whether its original labels
+    include dispersion (which ``evaluate`` needs)."""
     ckpt = load_checkpoint(path)
-    changed = False
     for k, entry in enumerate(initial["fidelities"][:-1]):
-        merged = sorted(set(int(z) for z in ckpt["fidelities"][k]["elements"]) | set(int(z) for z in entry["elements"]))
-        if merged != sorted(int(z) for z in ckpt["fidelities"][k]["elements"]):
-            ckpt["fidelities"][k]["elements"] = merged
-            ckpt["fidelities"][k]["sae"] = dict(entry["sae"])
-            changed = True
-    if changed:
-        save_checkpoint(ckpt, path)
+        fid = ckpt["fidelities"][k]
+        fid["elements"] = sorted(set(int(z) for z in fid["elements"]) | set(int(z) for z in entry["elements"]))
+        for key in ("sae", "trained_outputs", "labels_include_dispersion", "dispersion", "name"):
+            if key in entry:
+                fid[key] = copy.deepcopy(entry[key])
+    save_checkpoint(ckpt, path)
 
 
 def run(args) -> int:
@@ -358,7 +360,7 @@ def run(args) -> int:
                               "and --data); do not override them")
         path = run_training(cfg, args.save, load=str(prepared["initial"]), progress=not args.no_progress,
                             overwrite=args.overwrite)
-        keep_source_elements(path, load_checkpoint(prepared["initial"]))
+        restore_source_fidelities(path, load_checkpoint(prepared["initial"]))
     except (ConfigError, CheckpointError, DataError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
