@@ -43,6 +43,8 @@ def test_bench_inference_quick(tmp_path):
         if "aimnet" in row["checks"]:  # the aimnet package is optional (not installed by make test)
             assert row["checks"]["aimnet"]["dE_eV"] < E_TOL
             assert _positive(row["ratio_vs_aimnet"])
+        assert row["checks"]["d4"]["dE_eV"] < E_TOL  # D4 term = the dftd4 library in the same run
+        assert _positive(row["ratio_d4_vs_d3"]) and _positive(row["ratio_d4_twobody_vs_d3"])
     if result["aimnet_left_out"]:
         assert "aimnet column left out" in stdout
     assert "ours/official" in stdout
@@ -110,3 +112,17 @@ def test_run_all_reports_every_wait_policy(tmp_path, monkeypatch):
     assert run_all.policy_env("PASSIVE")["OMP_WAIT_POLICY"] == "PASSIVE"
     assert run_all.policy_dir(tmp_path, "PASSIVE", "default") == tmp_path / "omp_passive"
     assert run_all.policy_dir(tmp_path, "default", "default") == tmp_path
+
+
+def test_bench_finetune_quick(tmp_path):
+    """Every fine-tuning arm runs from the official member and reports finite errors and drift."""
+    stdout = _run("bench_finetune.py", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["arm"] for r in results} == {"scratch", "frozen", "no-replay", "replay"}
+    for r in results:
+        assert all(_positive(r[s][m]) for s in ("seen", "unseen") for m in ("E_mae", "F_mae")), r
+        if r["arm"] == "frozen":
+            assert r["drift"]["E_mae"] == 0.0 and r["drift"]["F_mae"] == 0.0  # nothing of fidelity 0 trains
+        elif r["arm"] != "scratch":
+            assert _positive(r["drift"]["E_mae"]) and {14, 15, 35, 53} <= set(r["drift"]["elements"])
+    assert "drift" in stdout and (tmp_path / "finetune.png").stat().st_size > 0
