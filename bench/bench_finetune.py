@@ -231,10 +231,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report-only", action="store_true")
-    p.add_argument("--quick", action="store_true", help="smoke run: N = 30, 10 steps of 8")
+    p.add_argument("--quick", action="store_true", help="smoke run: N = 80, 10 steps of 8")
     args = p.parse_args(argv)
     if args.quick:
-        args.n, args.steps, args.batch = [30], 10, 8
+        args.n, args.steps, args.batch = [80], 10, 8
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
