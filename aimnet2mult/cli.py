@@ -66,6 +66,12 @@ def _cmd_finetune(args) -> int:
     return run(args)
 
 
+def _cmd_ipi(args) -> int:
+    from .engines.ipi import run
+
+    return run(args)
+
+
 def _cmd_sae(args) -> int:
     from .train.calc_sae import main as sae_main
 
@@ -118,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_finetune_arguments(p)
     p.set_defaults(func=_cmd_finetune)
+    p = sub.add_parser("ipi", help="run as an i-PI client (path-integral MD etc.) over a UNIX or TCP socket",
+                       description="Answer an i-PI server's force requests with one fidelity of a model "
+                                   "(see aimnet2mult/engines/ipi.py and examples/ipi/).")
+    from .engines.ipi import add_arguments as add_ipi_arguments
+
+    add_ipi_arguments(p)
+    p.set_defaults(func=_cmd_ipi)
     p = sub.add_parser("sae", help="fit self-atomic energies of a dataset (DATA.h5 OUT.yaml)")
     p.add_argument("sae_args", nargs=argparse.REMAINDER, help="DATA.h5 OUT.yaml [--seed N]")
     p.set_defaults(func=_cmd_sae)

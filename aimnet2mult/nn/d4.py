@@ -230,7 +230,8 @@ class D4(nn.Module):
         mat = torch.zeros(n_mol, m + 1, m + 1, dtype=r.dtype, device=device)
         rhs = torch.zeros(n_mol, m + 1, dtype=r.dtype, device=device)
         # padding rows: A = 1, b = 0 -> q = 0
-        mat[:, torch.arange(m), torch.arange(m)] = 1.0
+        diag_idx = torch.arange(m, device=device)
+        mat[:, diag_idx, diag_idx] = 1.0
         rad = self.eeq_rad[numbers]
         ra, rb = rad[pairs[0]], rad[pairs[1]]
         gamma = 1.0 / torch.sqrt(ra * ra + rb * rb)
