@@ -281,6 +281,26 @@ class LoadedPotential:
         Files exported before that method existed answer False."""
         return flat and hasattr(self.module, "autograd_free") and bool(self.module.autograd_free(periodic))
 
+    def call_module(self, inp: Dict[str, Any], periodic: bool, coulomb: Any = None) -> Dict[str, Any]:
+        """One call of the potential module on a prepared input dict (torch tensors): the Coulomb
+        method for this system, inference mode where the call needs no autograd, errors of a
+        scripted file as a plain ValueError. Outputs are detached tensors usable anywhere."""
+        import torch
+
+        setting = self.coulomb_setting(periodic, coulomb)
+        free = self._autograd_free(inp["coord"].dim() == 2, periodic)
+        try:
+            with self._lock:  # the Coulomb method is module state, shared by all users of this potential
+                set_module_coulomb(self.module, setting)
+                with torch.inference_mode(free):
+                    out = self.module(inp)
+        except (ValueError, RuntimeError, AssertionError, IndexError, torch.jit.Error) as exc:
+            # a scripted potential raises torch.jit.Error, whose text carries the interpreter traceback
+            raise ValueError(clean_error(exc)) from None
+        if free:  # inference tensors cannot be modified in place outside inference mode: plain copies
+            out = {key: value.clone() for key, value in out.items()}
+        return out
+
     def __call__(self, positions, numbers, charge: float = 0.0, mult: float = 1.0,
                  cell: Optional[np.ndarray] = None, pbc: Optional[Sequence[bool]] = None,
                  dense_max_atoms: int = DENSE_MAX_ATOMS, coulomb: Any = None) -> Dict[str, np.ndarray]:
@@ -312,15 +332,7 @@ class LoadedPotential:
             inp.update(coord=coord.unsqueeze(0), numbers=z.unsqueeze(0))
         else:
             inp.update(coord=coord, numbers=z)
-        setting = self.coulomb_setting(periodic, coulomb)
-        try:
-            with self._lock:  # the Coulomb method is module state, shared by all users of this potential
-                set_module_coulomb(self.module, setting)
-                with torch.inference_mode(self._autograd_free(inp["coord"].dim() == 2, periodic)):
-                    out = self.module(inp)
-        except (ValueError, RuntimeError, AssertionError, IndexError, torch.jit.Error) as exc:
-            # a scripted potential raises torch.jit.Error, whose text carries the interpreter traceback
-            raise ValueError(clean_error(exc)) from None
+        out = self.call_module(inp, periodic, coulomb)
         n = len(num)
         res = {
             "energy": np.float64(out["energy"].detach().to(torch.float64).sum().cpu().item()),
