@@ -111,11 +111,17 @@ def drift_set(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def run_arm(arm: str, n: int, out: Path, steps: int, batch: int, threads: int) -> dict:
-    """Train one arm (resumable: a finished run is read back)."""
-    run = out / "runs" / f"{arm}_n{n if n > 0 else 'all'}"
+def run_name(arm: str, n: int, tag: str = "") -> str:
+    """Run folder name; the scratch arm has no recipe variants (its tag is ignored)."""
+    return f"{arm}_n{n if n > 0 else 'all'}{'' if arm == 'scratch' else tag}"
+
+
+def run_arm(arm: str, n: int, out: Path, steps: int, batch: int, threads: int, tag: str = "",
+            replay_weight: float = 0.5, overrides=(), reevaluate: bool = False) -> dict:
+    """Train one arm (resumable: a finished run is read back; ``reevaluate``: scored again)."""
+    run = out / "runs" / run_name(arm, n, tag)
     done = run / "result.json"
-    if done.exists():
+    if done.exists() and not reevaluate:
         return json.loads(done.read_text())
     run.mkdir(parents=True, exist_ok=True)
     data = subset_file(n, run.parent / f"b3lyp_n{n}.h5") if n > 0 else data_dir() / "b3lyp_train.h5"
@@ -137,12 +143,16 @@ def run_arm(arm: str, n: int, out: Path, steps: int, batch: int, threads: int) -
                    "--val", str(data_dir() / "b3lyp_val.h5"), "--name", "b3lyp", "--save", str(save),
                    "--strategy", arm, "--dispersion", "b3lyp", "--no-progress", "--overwrite", *common]
             if arm == "replay":
-                cmd += ["--replay-pool", str(data_dir() / "gfn2_train.h5")]
+                cmd += ["--replay-pool", str(data_dir() / "gfn2_train.h5"), "--replay-weight", str(replay_weight)]
+            cmd += list(overrides)
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         (run / "train.out").write_text(res.stdout + res.stderr)
         if res.returncode != 0:
             raise RuntimeError(f"{arm} n={n} failed:\n{res.stderr[-3000:]}")
-    result = {"arm": arm, "n": n, "steps": steps, "batch": batch, "train_seconds": time.time() - t0}
+    result = {"arm": arm, "n": n, "steps": steps, "batch": batch, "tag": "" if arm == "scratch" else tag, "train_seconds": time.time() - t0,
+              "replay_weight": replay_weight if arm == "replay" else None, "overrides": list(overrides)}
+    if done.exists():  # re-evaluation: keep the recorded training time
+        result["train_seconds"] = json.loads(done.read_text()).get("train_seconds")
     result.update(evaluate(arm, save, out))
     done.write_text(json.dumps(result, indent=1))
     return result
@@ -167,15 +177,24 @@ def evaluate(arm: str, save: Path, out: Path) -> dict:
     ft = build_potential(load_checkpoint(save), 0).double()
     official = build_potential(official_member_checkpoint(official_file(), 0), 0).double()
     ds = SizeGroupedDataset(drift_set(out / "drift_set.h5"), in_memory=True)
-    de, df = [], []
+    de, df, absent = [], [], []
+    new_data_elements = {1, 6, 7, 8, 9, 16, 17}
     for i in range(len(ds)):
         s = ds[i]
         inp = {"coord": torch.tensor(s["coord"], dtype=torch.float64), "numbers": torch.tensor(s["numbers"])}
         a, b = ft(dict(inp)), official(dict(inp))
         de.append(float(a["energy"][0] - b["energy"][0]) * KCAL)
         df.append(((a["forces"] - b["forces"]).numpy() * KCAL).reshape(-1))
-    res["drift"] = {"E_mae": float(np.mean(np.abs(de))), "F_mae": float(np.mean(np.abs(np.concatenate(df)))),
-                    "n_molecules": len(ds), "elements": ds.elements}
+        absent.append(not set(int(z) for z in s["numbers"]) <= new_data_elements)
+
+    def mae(select):
+        e = [abs(x) for x, a in zip(de, absent) if select(a)]
+        f = [np.abs(x) for x, a in zip(df, absent) if select(a)]
+        return {"E_mae": float(np.mean(e)), "F_mae": float(np.mean(np.concatenate(f))), "n_molecules": len(e)}
+
+    res["drift"] = {**mae(lambda a: True), "elements": ds.elements,
+                    # molecules with Si, P, Br or I (elements the new data and the replay pool lack) and without
+                    "with_absent_elements": mae(lambda a: a), "without_absent_elements": mae(lambda a: not a)}
     return res
 
 
@@ -184,10 +203,10 @@ def summarize(results, out: Path) -> None:
              "| / scratch (E unseen) |",
              "|---|---|---|---|---|---|---|---|---|"]
     scratch = {r["n"]: r for r in results if r["arm"] == "scratch"}
-    for r in sorted(results, key=lambda r: (r["n"] if r["n"] > 0 else 10 ** 9, ARMS.index(r["arm"]))):
+    for r in sorted(results, key=lambda r: (r["n"] if r["n"] > 0 else 10 ** 9, ARMS.index(r["arm"]), r.get("tag", ""))):
         d = r.get("drift", {})
         ratio = r["unseen"]["E_mae"] / scratch[r["n"]]["unseen"]["E_mae"] if r["n"] in scratch else float("nan")
-        lines.append(f"| {r['n'] if r['n'] > 0 else 'all'} | {r['arm']} | {r['seen']['E_mae']:.2f} | "
+        lines.append(f"| {r['n'] if r['n'] > 0 else 'all'} | {r['arm']}{r.get('tag', '')} | {r['seen']['E_mae']:.2f} | "
                      f"{r['seen']['F_mae']:.2f} | {r['unseen']['E_mae']:.2f} | {r['unseen']['F_mae']:.2f} | "
                      f"{d.get('E_mae', float('nan')):.3f} | {d.get('F_mae', float('nan')):.3f} | {ratio:.2f} |")
     text = ("\n".join(lines)
@@ -203,7 +222,8 @@ def summarize(results, out: Path) -> None:
 
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for arm in ARMS:
-            rs = sorted([r for r in results if r["arm"] == arm], key=lambda r: r["n"] if r["n"] > 0 else 368)
+            rs = sorted([r for r in results if r["arm"] == arm and not r.get("tag")],
+                        key=lambda r: r["n"] if r["n"] > 0 else 368)
             if not rs:
                 continue
             ns = [r["n"] if r["n"] > 0 else 368 for r in rs]
@@ -232,23 +252,31 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--quick", action="store_true", help="smoke run: N = 80, 10 steps of 8")
+    p.add_argument("--tag", default="", help="suffix of the run names (variants of a recipe)")
+    p.add_argument("--replay-weight", type=float, default=0.5)
+    p.add_argument("--reevaluate", action="store_true", help="score finished runs again (new metrics)")
+    p.add_argument("overrides", nargs="*", help="key=value training overrides for the fine-tuning arms")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.steps, args.batch = [80], 10, 8
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
+    if args.report_only:  # every finished run, whatever its arm, N or tag
+        results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/result.json"))]
+        args.n = []
     for n in args.n:
         for arm in args.arms.split(","):
             if arm not in ARMS:
                 p.error(f"unknown arm {arm!r} (have {', '.join(ARMS)})")
-            run = out / "runs" / f"{arm}_n{n if n > 0 else 'all'}" / "result.json"
+            run = out / "runs" / run_name(arm, n, args.tag) / "result.json"
             if args.report_only:
                 if run.exists():
                     results.append(json.loads(run.read_text()))
                 continue
-            print(f"{arm} N={n if n > 0 else 'all'} ...", flush=True)
-            results.append(run_arm(arm, n, out, args.steps, args.batch, args.threads))
+            print(f"{arm} N={n if n > 0 else 'all'}{args.tag} ...", flush=True)
+            results.append(run_arm(arm, n, out, args.steps, args.batch, args.threads, args.tag, args.replay_weight,
+                                   [] if arm == "scratch" else args.overrides, args.reevaluate))
     if results:
         summarize(results, out)
     return 0
