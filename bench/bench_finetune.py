@@ -149,7 +149,8 @@ def run_arm(arm: str, n: int, out: Path, steps: int, batch: int, threads: int, t
         (run / "train.out").write_text(res.stdout + res.stderr)
         if res.returncode != 0:
             raise RuntimeError(f"{arm} n={n} failed:\n{res.stderr[-3000:]}")
-    result = {"arm": arm, "n": n, "steps": steps, "batch": batch, "tag": "" if arm == "scratch" else tag, "train_seconds": time.time() - t0,
+    result = {"arm": arm, "n": n, "steps": steps, "batch": batch, "tag": "" if arm == "scratch" else tag,
+              "train_seconds": time.time() - t0,
               "replay_weight": replay_weight if arm == "replay" else None, "overrides": list(overrides)}
     if done.exists():  # re-evaluation: keep the recorded training time
         result["train_seconds"] = json.loads(done.read_text()).get("train_seconds")
@@ -203,7 +204,10 @@ def summarize(results, out: Path) -> None:
              "| / scratch (E unseen) |",
              "|---|---|---|---|---|---|---|---|---|"]
     scratch = {r["n"]: r for r in results if r["arm"] == "scratch"}
-    for r in sorted(results, key=lambda r: (r["n"] if r["n"] > 0 else 10 ** 9, ARMS.index(r["arm"]), r.get("tag", ""))):
+    def order(r):
+        return (r["n"] if r["n"] > 0 else 10 ** 9, ARMS.index(r["arm"]), r.get("tag", ""))
+
+    for r in sorted(results, key=order):
         d = r.get("drift", {})
         ratio = r["unseen"]["E_mae"] / scratch[r["n"]]["unseen"]["E_mae"] if r["n"] in scratch else float("nan")
         lines.append(f"| {r['n'] if r['n'] > 0 else 'all'} | {r['arm']}{r.get('tag', '')} | {r['seen']['E_mae']:.2f} | "
