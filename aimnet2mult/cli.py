@@ -72,6 +72,12 @@ def _cmd_ipi(args) -> int:
     return run(args)
 
 
+def _cmd_metatomic(args) -> int:
+    from .engines.metatomic import run
+
+    return run(args)
+
+
 def _cmd_sae(args) -> int:
     from .train.calc_sae import main as sae_main
 
@@ -131,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ipi_arguments(p)
     p.set_defaults(func=_cmd_ipi)
+    p = sub.add_parser("metatomic", help="export a checkpoint as a metatomic model (one energy variant per "
+                                         "fidelity)")
+    p.add_argument("--weights", required=True, help="checkpoint (.pt)")
+    p.add_argument("--output", required=True, help="metatomic model file to write")
+    p.add_argument("--fidelities", help="comma-separated fidelities (indices or names; default: all)")
+    p.add_argument("--coulomb", help="Coulomb method of every variant (default: the checkpoint's; dsf or ewald "
+                                     "for periodic systems)")
+    p.set_defaults(func=_cmd_metatomic)
     p = sub.add_parser("sae", help="fit self-atomic energies of a dataset (DATA.h5 OUT.yaml)")
     p.add_argument("sae_args", nargs=argparse.REMAINDER, help="DATA.h5 OUT.yaml [--seed N]")
     p.set_defaults(func=_cmd_sae)
