@@ -288,10 +288,12 @@ class LoadedPotential:
         import torch
 
         setting = self.coulomb_setting(periodic, coulomb)
-        free = self._autograd_free(inp["coord"].dim() == 2, periodic)
+        free = False
         try:
             with self._lock:  # the Coulomb method is module state, shared by all users of this potential
                 set_module_coulomb(self.module, setting)
+                # after the Coulomb method is set: periodic Ewald needs autograd
+                free = self._autograd_free(inp["coord"].dim() == 2, periodic)
                 with torch.inference_mode(free):
                     out = self.module(inp)
         except (ValueError, RuntimeError, AssertionError, IndexError, torch.jit.Error) as exc:
