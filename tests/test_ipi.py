@@ -58,3 +58,85 @@ def test_path_integral_run_matches_the_direct_calculator(tmp_path):
         # the properties file has 9 significant digits (1e-5 eV here)
         assert props[step, 4] * ipi_ev_to_ase_ev == pytest.approx(np.mean(energies), abs=3e-5), step
     assert len({round(float(e), 6) for e in energies}) == 4  # four distinct beads
+
+
+BOX_XML = """<simulation verbosity='low' safe_stride='1000'>
+  <output prefix='box'>
+    <properties stride='1' filename='out'> [ step, potential{electronvolt} ] </properties>
+    <trajectory filename='pos' stride='1' format='ase'> positions </trajectory>
+    <trajectory filename='for' stride='1' format='ase'> forces </trajectory>
+  </output>
+  <total_steps> 3 </total_steps>
+  <prng><seed> 2718 </seed></prng>
+  <ffsocket name='aimnet2mult' mode='unix' pbc='true'>
+    <address> ADDRESS </address>
+    <latency> 1e-3 </latency>
+  </ffsocket>
+  <system>
+    <initialize nbeads='1'>
+      <file mode='xyz' units='angstrom'> box.xyz </file>
+      <velocities mode='thermal' units='kelvin'> 300 </velocities>
+    </initialize>
+    <forces> <force forcefield='aimnet2mult'> </force> </forces>
+    <motion mode='dynamics'>
+      <dynamics mode='nve'> <timestep units='femtosecond'> 0.5 </timestep> </dynamics>
+    </motion>
+    <ensemble> <temperature units='kelvin'> 300 </temperature> </ensemble>
+  </system>
+</simulation>
+"""
+
+
+@pytest.mark.skipif(not IPI.exists(), reason="the ipi package (i-pi server) is not installed")
+def test_periodic_box_with_another_fidelity_energies_and_forces(tmp_path):
+    """Fidelity 1 of the bundled model on a periodic water box (``--periodic``: the cell comes from
+    i-PI): every step's potential and forces equal the direct calculator's."""
+    from aimnet2mult.tools.water import water_cell
+
+    box = water_cell(2, seed=3)
+    a = box.cell.lengths()
+    lines = [str(len(box)), f"# CELL(abcABC): {a[0]:.10f} {a[1]:.10f} {a[2]:.10f} 90.0 90.0 90.0 "
+             "positions{angstrom} cell{angstrom}"]
+    lines += [f"{s} {x:.10f} {y:.10f} {z:.10f}" for s, (x, y, z) in zip(box.get_chemical_symbols(), box.positions)]
+    (tmp_path / "box.xyz").write_text("\n".join(lines) + "\n")
+    address = f"a2m_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "input.xml").write_text(BOX_XML.replace("ADDRESS", address))
+    server = subprocess.Popen([str(IPI), "input.xml"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        client = subprocess.run([sys.executable, "-m", "aimnet2mult", "ipi", "--fidelity", "1", "--structure",
+                                 "box.xyz", "--unix", address, "--periodic", "--timeout", "120"], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300)
+        out, _ = server.communicate(timeout=120)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert client.returncode == 0, client.stderr[-2000:]
+    assert server.returncode == 0, out[-2000:]
+    from ase import units
+    from ipi.utils.units import unit_to_internal
+
+    ipi_ev_to_ase_ev = units.Hartree * unit_to_internal("energy", "electronvolt", 1.0)
+    props = np.loadtxt(tmp_path / "box.out", ndmin=2)
+    # format='ase': extxyz in ASE's units (Å, eV/Å) with 8 decimals
+    positions = [f.positions for f in read(tmp_path / "box.pos_0.extxyz", index=":")]
+    forces = [f.calc.results["forces"] for f in read(tmp_path / "box.for_0.extxyz", index=":")]
+    assert props.shape[0] == 4 and len(positions) == 4 and len(forces) == 4
+    calc = AIMNet2Mult(fidelity=1)
+    for step in range(4):
+        atoms = box.copy()
+        atoms.positions = positions[step]
+        atoms.calc = calc
+        assert props[step, 1] * ipi_ev_to_ase_ev == pytest.approx(atoms.get_potential_energy(), abs=1e-4), step
+        np.testing.assert_allclose(forces[step], atoms.get_forces(), atol=1e-4)
+    assert np.abs(positions[3] - positions[0]).max() > 1e-4  # it moved
+
+
+def test_the_client_without_a_fidelity_lists_them(tmp_path):
+    shutil.copy(ROOT / "examples" / "ipi" / "water.xyz", tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "aimnet2mult", "ipi", "--structure", "water.xyz", "--unix",
+                           "nobody_listens", "--timeout", "1"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "0 ('b3lyp/6-31g*'), 1 ('gfn2-xtb'), 2 ('gfn1-xtb')" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -36,12 +36,17 @@ def test_every_fidelity_is_a_variant_equal_to_the_ase_calculator(tmp_path):
 
 
 def test_periodic_box_energy_forces_stress(tmp_path):
-    path = export_metatomic(DEFAULT, str(tmp_path / "dsf.pt"), fidelities=[0], coulomb="dsf")["path"]
+    path = export_metatomic(DEFAULT, str(tmp_path / "dsf.pt"), fidelities=[0, 1], coulomb="dsf")["path"]
+    for k, variant in ((0, "b3lyp_6-31g_"), (1, "gfn2-xtb")):
+        check_box(path, k, variant)
+
+
+def check_box(path, fidelity, variant):
     box = water_cell(2, seed=4)
-    box.calc = MetatomicCalculator(path, variants={"energy": "b3lyp_6-31g_"})
+    box.calc = MetatomicCalculator(path, variants={"energy": variant})
     e, f, s = box.get_potential_energy(), box.get_forces(), box.get_stress()
     ref = box.copy()
-    ref.calc = AIMNet2Mult(DEFAULT, fidelity=0, coulomb="dsf")
+    ref.calc = AIMNet2Mult(DEFAULT, fidelity=fidelity, coulomb="dsf")
     assert e == pytest.approx(ref.get_potential_energy(), abs=1e-5)
     np.testing.assert_allclose(f, ref.get_forces(), atol=1e-5)
     np.testing.assert_allclose(s, ref.get_stress(), atol=1e-6)

@@ -30,13 +30,14 @@ def molecules(n=64, seed=0):
     return out
 
 
-def test_flat_batch_equals_the_ase_calculator_and_md_runs():
+@pytest.mark.parametrize("fidelity", [0, 1])
+def test_flat_batch_equals_the_ase_calculator_and_md_runs(fidelity):
     systems = molecules(64)
-    model = AIMNet2MultModel(None, fidelity=0)
+    model = AIMNet2MultModel(None, fidelity=fidelity)
     state = ts.initialize_state(systems, model.device, model.dtype)
     out = model(state)
     assert out["energy"].shape == (64,) and out["forces"].shape == (state.positions.shape[0], 3)
-    calc = AIMNet2Mult(fidelity=0)
+    calc = AIMNet2Mult(fidelity=fidelity)
     start = 0
     for s, atoms in enumerate(systems):
         atoms.calc = calc
@@ -50,16 +51,17 @@ def test_flat_batch_equals_the_ase_calculator_and_md_runs():
     assert float((final.positions - state.positions).abs().max()) > 0.0
 
 
-def test_periodic_state_with_stress_and_explicit_fidelity():
+@pytest.mark.parametrize("fidelity", [0, 1])
+def test_periodic_state_with_stress_and_explicit_fidelity(fidelity):
     box = water_cell(2, seed=3)
-    model = AIMNet2MultModel(None, fidelity=0, compute_stress=True)
+    model = AIMNet2MultModel(None, fidelity=fidelity, compute_stress=True)
     state = ts.initialize_state([box], model.device, model.dtype)
     out = model(state)
-    box.calc = AIMNet2Mult(fidelity=0)
+    box.calc = AIMNet2Mult(fidelity=fidelity)
     assert float(out["energy"][0]) == pytest.approx(box.get_potential_energy(), abs=1e-5)
     np.testing.assert_allclose(out["forces"].numpy(), box.get_forces(), atol=1e-5)
     from ase.stress import voigt_6_to_full_3x3_stress
 
     np.testing.assert_allclose(out["stress"][0].numpy(), voigt_6_to_full_3x3_stress(box.get_stress()), atol=1e-6)
-    with pytest.raises(ValueError, match="fidelity"):
+    with pytest.raises(ValueError, match=r"fidelit.*0 \('b3lyp"):  # the error lists the fidelities
         AIMNet2MultModel(None)

@@ -18,7 +18,8 @@ from typing import Any, Optional
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint (.pt) or compiled potential (.jpt); default: the bundled model")
-    p.add_argument("--fidelity", required=True, help="fidelity to run (index or name)")
+    p.add_argument("--fidelity", help="fidelity to run (index or name); required for a multi-fidelity model "
+                                      "(without it, the error lists the model's fidelities)")
     p.add_argument("--structure", required=True, help="structure file (XYZ/PDB/...): elements and atom order")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--unix", help="UNIX-socket name of the i-PI <ffsocket mode='unix'> address")
@@ -37,6 +38,9 @@ def client_atoms(structure: str, model: Any, fidelity: Any, charge: float = 0.0,
 
     from ..calculators.ase_calculator import AIMNet2Mult
 
+    from ..calculators.runtime import ModelSource
+
+    ModelSource(model, "cpu").resolve_fidelity(fidelity)  # before connecting: a fidelity is never implicit
     atoms = read(structure)
     atoms.pbc = bool(periodic)
     atoms.calc = AIMNet2Mult(model, fidelity=fidelity, charge=charge, mult=mult)
@@ -74,7 +78,7 @@ def run_client(structure: str, model: Any, fidelity: Any, unix: Optional[str] = 
 
 
 def run(args) -> int:
-    fidelity: Any = int(args.fidelity) if str(args.fidelity).isdigit() else args.fidelity
+    fidelity: Any = int(args.fidelity) if str(args.fidelity).isdigit() else args.fidelity  # None stays None
     run_client(args.structure, args.model, fidelity, unix=args.unix, port=args.port, host=args.host,
                charge=args.charge, mult=args.mult, periodic=args.periodic, timeout=args.timeout)
     return 0

@@ -30,7 +30,7 @@ class AIMNet2MultModel(ModelInterface):
     """torch-sim ``ModelInterface`` of one fidelity of an aimnet2mult checkpoint or compiled file.
 
     Args: model (checkpoint / .jpt path, or None for the bundled model), fidelity (index or name;
-    required), charge, mult (scalars or per-system sequences), device, dtype (of the returned
+    required for a multi-fidelity checkpoint: without it, an error lists the fidelities), charge, mult (scalars or per-system sequences), device, dtype (of the returned
     tensors; the potential computes in its own float32 with float64 energy sums), compute_stress.
     """
 
@@ -41,9 +41,6 @@ class AIMNet2MultModel(ModelInterface):
         super().__init__()
         from ..calculators.runtime import ModelSource
 
-        if fidelity is None:
-            raise ValueError("AIMNet2MultModel needs fidelity=... (an index or a name): a fidelity is never "
-                             "chosen silently")
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         self._dtype = dtype
         self._compute_stress = bool(compute_stress)
