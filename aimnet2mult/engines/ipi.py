@@ -37,7 +37,6 @@ def client_atoms(structure: str, model: Any, fidelity: Any, charge: float = 0.0,
     from ase.io import read
 
     from ..calculators.ase_calculator import AIMNet2Mult
-
     from ..calculators.runtime import ModelSource
 
     ModelSource(model, "cpu").resolve_fidelity(fidelity)  # before connecting: a fidelity is never implicit

@@ -30,8 +30,9 @@ class AIMNet2MultModel(ModelInterface):
     """torch-sim ``ModelInterface`` of one fidelity of an aimnet2mult checkpoint or compiled file.
 
     Args: model (checkpoint / .jpt path, or None for the bundled model), fidelity (index or name;
-    required for a multi-fidelity checkpoint: without it, an error lists the fidelities), charge, mult (scalars or per-system sequences), device, dtype (of the returned
-    tensors; the potential computes in its own float32 with float64 energy sums), compute_stress.
+    required for a multi-fidelity checkpoint: without it, an error lists the fidelities), charge,
+    mult (scalars or per-system sequences), device, dtype (of the returned tensors; the potential
+    computes in its own float32 with float64 energy sums), compute_stress.
     """
 
     def __init__(self, model: Any = None, fidelity: Union[int, str, None] = None,
