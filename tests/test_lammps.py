@@ -44,7 +44,7 @@ read_data {path}
 fix aimnet all external pf/callback 1 1
 thermo_style custom step pe press pxx pyy pzz pxy pxz pyz
 """)
-    stored = read(path, format="lammps-data", style="atomic", units=units, Z_of_type={
+    stored = read(path, format="lammps-data", atom_style="atomic", units=units, Z_of_type={
         i + 1: int(z) for i, z in enumerate(__import__("ase").data.atomic_numbers[s] for s in species)})
     stored.pbc = [b == "p" for b in boundary.split()]
     return lmp, stored
@@ -237,3 +237,24 @@ def test_the_command_line_without_a_fidelity_lists_them(tmp_path):
     assert proc.returncode != 0
     assert "0 ('b3lyp/6-31g*'), 1 ('gfn2-xtb'), 2 ('gfn1-xtb')" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_example_input_runs(tmp_path):
+    """examples/lammps/in.butane as its README says, short, with fidelity 1 of the bundled model."""
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent / "examples" / "lammps"
+    for name in ("in.butane", "butane.data"):
+        shutil.copy(root / name, tmp_path)
+    proc = subprocess.run([str(BIN / "aimnet2mult"), "lammps", "in.butane", "--fidelity", "1", "--elements", "H",
+                           "C", "--var", "steps", "20", "--threads", "1"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / "log.lammps").is_file() and (tmp_path / "butane.dump").stat().st_size > 0
+    lines = proc.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["Step", "PotEng"])
+    assert lines[start + 3].split()[0] == "20"
+    atoms = read(tmp_path / "butane.data", format="lammps-data", atom_style="atomic", Z_of_type={1: 1, 2: 6})
+    atoms.pbc = True
+    atoms.calc = AIMNet2Mult(fidelity=1)
+    assert float(lines[start + 1].split()[1]) == pytest.approx(atoms.get_potential_energy(), abs=1e-4)

@@ -21,6 +21,10 @@ OUTPUTS = {
     "ase_nve.py": ["nve.traj", "nve_energy.csv", "nve_energy.png"],
     "openmm_torchforce.py": ["openmm.pdb", "openmm_energy.csv", "openmm_energy.png"],
     "openmm_mlmm_water.py": ["mlmm.pdb", "mlmm_energy.csv", "mlmm_energy.png"],
+    "lammps_nve.py": ["lammps.dump", "lammps_energy.csv", "lammps_energy.png", "in.lammps"],
+    "ipi_pimd.py": ["water_pimd.pos_0.xyz", "ipi_energy.csv", "ipi_energy.png"],
+    "torchsim_nvt.py": ["torchsim_final.xyz", "torchsim_energy.csv", "torchsim_energy.png"],
+    "metatomic_nve.py": ["model.mta.pt", "metatomic_energy.csv", "metatomic_energy.png", "metatomic_nve.traj"],
 }
 #: this example resolves its model itself (import of the official weights into a fresh cache)
 DEFAULT_MODEL_EXAMPLE = "ase_nve.py"

@@ -5,13 +5,12 @@ system by system with its stress, and runs batched Langevin MD."""
 import numpy as np
 import pytest
 import torch
-from ase.build import molecule
-from ase.collections import g2
 
 ts = pytest.importorskip("torch_sim", reason="torch-sim-atomistic is not installed")
 
 from aimnet2mult import AIMNet2Mult  # noqa: E402
 from aimnet2mult.engines.torchsim import AIMNet2MultModel  # noqa: E402
+from aimnet2mult.tools.g2_molecules import small_molecules  # noqa: E402
 from aimnet2mult.tools.water import water_cell  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -19,15 +18,7 @@ ELEMENTS = {1, 6, 7, 8, 9, 16, 17}  # the bundled default model
 
 
 def molecules(n=64, seed=0):
-    names = [m for m in g2.names if set(molecule(m).numbers) <= ELEMENTS and len(molecule(m)) >= 2
-             and int(molecule(m).numbers.sum()) % 2 == 0]
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        atoms = molecule(names[i % len(names)])
-        atoms.rattle(0.02, seed=int(rng.integers(1 << 30)))
-        out.append(atoms)
-    return out
+    return small_molecules(n, ELEMENTS, seed=seed, rattle=0.02)
 
 
 @pytest.mark.parametrize("fidelity", [0, 1])
