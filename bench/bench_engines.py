@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 def butane_box(edge=12.0):
     from ase.build import molecule
 
