@@ -214,8 +214,29 @@ def test_potential_adds_dftd4_and_its_forces(ckpt):
         np.testing.assert_allclose((out["forces"] - base["forces"]).numpy(), f_ref, atol=1e-8)
     assert pot.metadata["dispersion"]["method"] == "d4" and pot.metadata["dispersion"]["charges"] == "eeq"
     assert pot.metadata["energy_terms"] == [{"method": "d4", "name": "d4", "cutoff": -1.0,
-                                             "hand_written_gradient": False}]
-    assert not pot.autograd_free(False)  # D4's gradient is autograd: no inference mode
+                                             "hand_written_gradient": True}]
+    assert pot.autograd_free(False)  # D4's gradient is written by hand: the call may run in inference mode
+
+
+@pytest.mark.parametrize("atm", [True, False])
+def test_hand_written_gradient_equals_autograd(atm):
+    """energy_and_distance_grad (CN, EEQ adjoint, weights, C6, ATM by hand) = autograd of forward,
+    float64, on every test system (ions, S/P/Cl/Br/I/Si, an anion with water, a near-isolated atom)."""
+    term = torch.jit.script(D4.from_params(d4_parameters("r2scan", atm=atm)))
+    checked = 0
+    for label, atoms, charge in systems():
+        coord, numbers, d, data = term_inputs(atoms, charge, torch.float64)
+        if d.numel() == 0:
+            continue
+        leaf = d.detach().requires_grad_(True)
+        energy = term(numbers, leaf, torch.zeros_like(d, dtype=torch.bool), data, "pairs_lr", True)
+        (grad,) = torch.autograd.grad(energy.sum(), leaf)
+        with torch.no_grad():
+            e_hand, g_hand = term.energy_and_distance_grad(numbers, d.detach(), data, "pairs_lr", True)
+        assert float(e_hand[0]) == pytest.approx(float(energy.detach()[0]), rel=1e-13, abs=1e-15), label
+        np.testing.assert_allclose(g_hand.numpy(), grad.numpy(), rtol=1e-9, atol=1e-13, err_msg=label)
+        checked += 1
+    assert checked >= 8
 
 
 def test_hand_path_equals_autograd_and_finite_differences(ckpt):

@@ -29,11 +29,14 @@ EEQ charges. Everything runs in float64 whatever the working dtype (cast at entr
 
 Layout: the term needs every pair of each molecule (``cutoff = -1``: the potential lists all
 pairs of isolated molecules on the flat half list ``pairs_lr``) and refuses periodic input (the
-EEQ model of a periodic system needs an Ewald sum, not implemented). Its forces come from
-autograd through the whole chain (CN, EEQ solve, weights, C6); the potential takes them by a
-local autograd call on the pair distances, so the network keeps its hand-written gradient.
-The ATM sum is dense per molecule: memory O(N³) for a molecule of N atoms (float64: 8 N³ bytes
-per temporary, ~10 of them kept for the backward pass; about 80 MB at N = 100, 2 GB at N = 300).
+EEQ model of a periodic system needs an Ewald sum, not implemented). ``forward`` is the energy
+(its forces by autograd, with the ATM sum's derivatives written by hand); ``energy_and_distance_grad``
+is the same energy with dE/dr written by hand through the whole chain, for the potential's
+autograd-free path: the direct r-dependence of E2 and E3 at fixed C6, then dE/dC6 -> dE/dα ->
+dE/dw (reference weights) -> dE/dCN and dE/dq, dE/dq through the EEQ solve by one adjoint solve with
+the same LU factors (A λ = dE/dq; dE/dA_ij = -λ_i q_j - λ_j q_i, dE/db = λ), and the counting
+functions' derivatives. Both share the model pieces below, so the math stands once. The ATM sum
+runs over the unique triples of each molecule (cached while the pair list is the same).
 
 Reference data: ``aimnet2mult/resources/d4/d4_reference.npz``, vendored from tad-dftd4 0.8.0 and
 tad-multicharge 0.5.0 (Apache-2.0; see ``make_tables.py`` beside it).
@@ -201,28 +204,24 @@ class D4(nn.Module):
                    s9=params.get("s9", 1.0), alp=params.get("alp", 16.0))
 
     # ------------------------------------------------------------------ model pieces (float64, Bohr)
-    def _erf_count(self, r: Tensor, rc: Tensor) -> Tensor:
-        return 0.5 * (1.0 + torch.erf(-self.kcn * (r / rc - 1.0)))
-
     def coordination_numbers(self, numbers: Tensor, pairs: Tensor, r: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
         """(D4 CN, capped EEQ CN), (A,) each, from the half pair list (``r`` in Bohr)."""
-        zi, zj = numbers[pairs[0]], numbers[pairs[1]]
-        rc = self.rcov[zi] + self.rcov[zj]
-        rc = torch.where(valid, rc, torch.ones_like(rc))
-        count = self._erf_count(r, rc)
-        den = self.k4 * torch.exp(-(torch.abs(self.en[zi] - self.en[zj]) + self.k5) ** 2 / self.k6)
-        c_d4 = torch.where(valid & (r <= self.cn_cutoff), den * count, torch.zeros_like(r))
-        c_eeq = torch.where(valid & (r <= self.eeq_cn_cutoff), count, torch.zeros_like(r))
+        c_d4, _, c_eeq, _ = self._coordination_pairs(numbers, pairs, r, valid)
         zero = torch.zeros(numbers.shape[0], dtype=r.dtype, device=r.device)
         cn = zero.index_add(0, pairs[0], c_d4).index_add(0, pairs[1], c_d4)
         cn_e = zero.index_add(0, pairs[0], c_eeq).index_add(0, pairs[1], c_eeq)
-        cap = self.eeq_cn_max
-        cn_e = math.log1p(math.exp(cap)) - torch.log1p(torch.exp(cap - cn_e))
-        return cn, cn_e
+        return cn, self._cap(cn_e)
 
-    def eeq_charges(self, numbers: Tensor, pairs: Tensor, r: Tensor, valid: Tensor, cn_eeq: Tensor,
-                    mol_idx: Tensor, charge: Tensor, n_mol: int) -> Tensor:
-        """EEQ(2019) partial charges (A,) e: one bordered dense solve per molecule."""
+    def _cap(self, cn: Tensor) -> Tensor:
+        cap = self.eeq_cn_max
+        return math.log1p(math.exp(cap)) - torch.log1p(torch.exp(cap - cn))
+
+    def eeq_system(self, numbers: Tensor, pairs: Tensor, r: Tensor, valid: Tensor, cn_eeq: Tensor,
+                   mol_idx: Tensor, charge: Tensor, n_mol: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The bordered EEQ system per molecule: (matrix (n_mol, m+1, m+1), right-hand side
+        (n_mol, m+1), local index of each atom (A,), the real atoms' indices (R,), and the
+        Coulomb kernel γ_ij of each pair (P,)). Unknowns: the molecule's charges, then the
+        Lagrange multiplier of its total charge."""
         n = numbers.shape[0]
         device = r.device
         real = numbers > 0
@@ -248,32 +247,100 @@ class D4(nn.Module):
         border = torch.full_like(mol_r, m)
         mat = mat.index_put((mol_r, loc_r, border), ones)
         mat = mat.index_put((mol_r, border, loc_r), ones)
-        cn_r = cn_eeq[ri]
-        positive = cn_r > 1e-300  # sqrt'(0) is infinite: an isolated atom (CN 0) must not give NaN forces
-        root = torch.where(positive, torch.sqrt(torch.where(positive, cn_r, torch.ones_like(cn_r))),
-                           torch.zeros_like(cn_r))
-        b = -self.eeq_chi[numbers[ri]] + self.eeq_kcn[numbers[ri]] * root
+        b = -self.eeq_chi[numbers[ri]] + self.eeq_kcn[numbers[ri]] * self._sqrt_cn(cn_eeq[ri])
         rhs = rhs.index_put((mol_r, loc_r), b)
         rhs[:, m] = charge.to(r.dtype)
-        x = torch.linalg.solve(mat, rhs.unsqueeze(-1)).squeeze(-1)
-        q = torch.zeros(n, dtype=r.dtype, device=device)
-        return q.index_put((ri,), x[mol_r, loc_r])
+        return mat, rhs, local, ri, gamma
 
-    def weighted_polarizabilities(self, numbers: Tensor, cn: Tensor, q: Tensor) -> Tensor:
-        """Σ_a w_i^a α_a(iω) with the quadrature weights folded in: (A, 23)."""
+    @staticmethod
+    def _sqrt_cn(cn: Tensor) -> Tensor:
+        """sqrt(CN') with 0 at CN' = 0 (sqrt'(0) is infinite: an isolated atom must not give NaN forces)."""
+        positive = cn > 1e-300
+        return torch.where(positive, torch.sqrt(torch.where(positive, cn, torch.ones_like(cn))), torch.zeros_like(cn))
+
+    def eeq_charges(self, numbers: Tensor, pairs: Tensor, r: Tensor, valid: Tensor, cn_eeq: Tensor,
+                    mol_idx: Tensor, charge: Tensor, n_mol: int) -> Tensor:
+        """EEQ(2019) partial charges (A,) e: one bordered dense solve per molecule."""
+        mat, rhs, local, ri, _ = self.eeq_system(numbers, pairs, r, valid, cn_eeq, mol_idx, charge, n_mol)
+        x = torch.linalg.solve(mat, rhs.unsqueeze(-1)).squeeze(-1)
+        q = torch.zeros(numbers.shape[0], dtype=r.dtype, device=r.device)
+        return q.index_put((ri,), x[mol_idx[ri], local[ri]])
+
+    def reference_weights(self, numbers: Tensor, cn: Tensor) -> Tuple[Tensor, Tensor]:
+        """Gaussian CN weights of the references and their CN derivative: (A, 7) each."""
         ngw = self.ngw[numbers]
         valid = ngw > 0
         dcn = cn.unsqueeze(-1) - self.refcn[numbers]
         e1 = torch.exp(-self.wf * dcn * dcn)
-        expw = torch.where(ngw > 2.5, e1 + e1 * e1 + e1 * e1 * e1, e1)
+        de1 = -2.0 * self.wf * dcn * e1
+        three = ngw > 2.5  # e1 + e1² + e1³ = Σ_k exp(-k wf dcn²)
+        expw = torch.where(three, e1 + e1 * e1 + e1 * e1 * e1, e1)
+        dexpw = torch.where(three, de1 * (1.0 + 2.0 * e1 + 3.0 * e1 * e1), de1)
         expw = torch.where(valid, expw, torch.zeros_like(expw))
+        dexpw = torch.where(valid, dexpw, torch.zeros_like(dexpw))
         norm = expw.sum(-1, keepdim=True)
         ok = norm > 0.0
-        gw = torch.where(ok, expw / torch.where(ok, norm, torch.ones_like(norm)), self.ref_fallback[numbers])
+        safe = torch.where(ok, norm, torch.ones_like(norm))
+        gw = torch.where(ok, expw / safe, self.ref_fallback[numbers])
+        dgw = torch.where(ok, (dexpw - gw * dexpw.sum(-1, keepdim=True)) / safe, torch.zeros_like(dexpw))
+        return gw, dgw
+
+    def charge_scaling(self, numbers: Tensor, q: Tensor) -> Tuple[Tensor, Tensor]:
+        """ζ of every reference at charge q and dζ/dq: (A, 7) each (zero outside the references)."""
+        valid = self.ngw[numbers] > 0
         zi = self.zeff[numbers].unsqueeze(-1)
-        zeta = _zeta(self.ga, self.gam[numbers].unsqueeze(-1), self.refq[numbers] + zi, q.unsqueeze(-1) + zi)
-        w = torch.where(valid, gw * zeta, torch.zeros_like(gw))
-        return torch.einsum("ar,arw->aw", w, self.alpha[numbers])
+        gam = self.gam[numbers].unsqueeze(-1)
+        qref = self.refq[numbers] + zi
+        qmod = q.unsqueeze(-1) + zi
+        zeta = _zeta(self.ga, gam, qref, qmod)
+        eps = 2.220446049250313e-16
+        positive = qmod > 0.0
+        safe = torch.where(positive, qmod - eps, torch.ones_like(qmod))
+        inner = torch.exp(gam * (1.0 - qref / safe))
+        dzeta = torch.where(positive, -zeta * self.ga * inner * gam * qref / (safe * safe), torch.zeros_like(zeta))
+        zero = torch.zeros_like(zeta)
+        return torch.where(valid, zeta, zero), torch.where(valid, dzeta, zero)
+
+    def weighted_polarizabilities(self, numbers: Tensor, cn: Tensor, q: Tensor) -> Tensor:
+        """Σ_a w_i^a α_a(iω) with the quadrature weights folded in: (A, 23)."""
+        gw, _ = self.reference_weights(numbers, cn)
+        zeta, _ = self.charge_scaling(numbers, q)
+        return torch.einsum("ar,arw->aw", gw * zeta, self.alpha[numbers])
+
+    def _coordination_pairs(self, numbers: Tensor, pairs: Tensor, r: Tensor,
+                            valid: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per pair: the D4 CN count, its dr, the EEQ count, its dr."""
+        zi, zj = numbers[pairs[0]], numbers[pairs[1]]
+        rc = self.rcov[zi] + self.rcov[zj]
+        rc = torch.where(valid, rc, torch.ones_like(rc))
+        t = self.kcn * (r / rc - 1.0)
+        count = 0.5 * (1.0 + torch.erf(-t))
+        dcount = -(self.kcn / math.sqrt(math.pi)) * torch.exp(-t * t) / rc
+        den = self.k4 * torch.exp(-(torch.abs(self.en[zi] - self.en[zj]) + self.k5) ** 2 / self.k6)
+        in_cn = valid & (r <= self.cn_cutoff)
+        in_eeq = valid & (r <= self.eeq_cn_cutoff)
+        zero = torch.zeros_like(r)
+        return (torch.where(in_cn, den * count, zero), torch.where(in_cn, den * dcount, zero),
+                torch.where(in_eeq, count, zero), torch.where(in_eeq, dcount, zero))
+
+    def _two_body(self, numbers: Tensor, pairs: Tensor, r: Tensor, valid: Tensor,
+                  c6: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per pair: E2 (Hartree), dE2/dr at fixed C6, dE2/dC6, and the BJ radius R0 (Bohr)."""
+        qq = 3.0 * self.r4r2[numbers[pairs[0]]] * self.r4r2[numbers[pairs[1]]]
+        r0 = self.a1 * torch.sqrt(qq) + self.a2
+        r2 = r * r
+        r6 = r2 * r2 * r2
+        r0_2 = r0 * r0
+        r0_6 = r0_2 * r0_2 * r0_2
+        d6 = r6 + r0_6
+        d8 = r6 * r2 + r0_6 * r0_2
+        de_dc6 = -(self.s6 / d6 + self.s8 * qq / d8)
+        e_pair = c6 * de_dc6
+        de_dr = c6 * (self.s6 * 6.0 * r6 / (r * d6 * d6) + self.s8 * qq * 8.0 * r6 * r / (d8 * d8))
+        inside = valid & (r <= self.disp2_cutoff)
+        zero = torch.zeros_like(r)
+        return (torch.where(inside, e_pair, zero), torch.where(inside, de_dr, zero), torch.where(inside, de_dc6, zero),
+                r0)
 
     # ------------------------------------------------------------------ energy
     def forward(self, numbers: Tensor, d_ij: Tensor, pair_mask: Tensor, data: Dict[str, Tensor],
@@ -288,31 +355,97 @@ class D4(nn.Module):
         valid = ~pair_mask
         r = torch.where(valid, d_ij.to(torch.float64) * self.ang2bohr, torch.full_like(d_ij, 10.0, dtype=torch.float64))
         cn, cn_eeq = self.coordination_numbers(numbers, pairs, r, valid)
-        if "charge" in data:
-            charge = data["charge"].to(torch.float64).reshape(-1)
-            if charge.shape[0] == 1 and n_mol > 1:
-                charge = charge.expand(n_mol)
-        else:
-            charge = torch.zeros(n_mol, dtype=torch.float64, device=r.device)
+        charge = self._total_charge(data, n_mol, r.device)
         q = self.eeq_charges(numbers, pairs, r, valid, cn_eeq, mol_idx, charge, n_mol)
         ai, aj = pairs[0], pairs[1]
-        # two-body
         pol = self.weighted_polarizabilities(numbers, cn, q)
         c6 = (pol[ai] * pol[aj]).sum(-1)
-        qq = 3.0 * self.r4r2[numbers[ai]] * self.r4r2[numbers[aj]]
-        r0 = self.a1 * torch.sqrt(qq) + self.a2
-        r2 = r * r
-        r6 = r2 * r2 * r2
-        r0_2 = r0 * r0
-        r0_6 = r0_2 * r0_2 * r0_2
-        e_pair = -(self.s6 * c6 / (r6 + r0_6) + self.s8 * c6 * qq / (r6 * r2 + r0_6 * r0_2))
-        e_pair = torch.where(valid & (r <= self.disp2_cutoff), e_pair, torch.zeros_like(e_pair))
+        e_pair, _, _, r0 = self._two_body(numbers, pairs, r, valid, c6)
         energy = torch.zeros(n_mol, dtype=torch.float64, device=r.device).index_add(0, mol_idx[ai], e_pair)
         if self.s9 != 0.0:
             pol0 = self.weighted_polarizabilities(numbers, cn, torch.zeros_like(q))
             c6_0 = (pol0[ai] * pol0[aj]).sum(-1)
             energy = energy + self._atm(numbers, pairs, r, valid, c6_0, r0, mol_idx, n_mol, d_ij.dtype)
         return energy * self.hartree2ev
+
+    def _total_charge(self, data: Dict[str, Tensor], n_mol: int, device: torch.device) -> Tensor:
+        if "charge" in data:
+            charge = data["charge"].to(torch.float64).reshape(-1)
+            if charge.shape[0] == 1 and n_mol > 1:
+                charge = charge.expand(n_mol)
+            return charge
+        return torch.zeros(n_mol, dtype=torch.float64, device=device)
+
+    @torch.jit.export
+    def energy_and_distance_grad(self, numbers: Tensor, d_ij: Tensor, data: Dict[str, Tensor],
+                                 pairs_key: str, all_pairs: bool = False) -> Tuple[Tensor, Tensor]:
+        """D4 on the flat half list of every pair of each molecule, run under no_grad: (energy
+        (n_mol,) float64 eV, dE/dd_ij (P,) eV/Å), the gradient written by hand through CN, EEQ
+        (one adjoint solve), reference weights, C6 and the ATM sum (see the module docstring)."""
+        if pairs_key != "pairs_lr" or "cell" in data:
+            raise ValueError("the D4 term needs every pair of each isolated molecule on the flat half list "
+                             "'pairs_lr' (periodic systems are not supported by D4 here)")
+        numbers = numbers.to(torch.long)
+        pairs = data[pairs_key]
+        ai, aj = pairs[0], pairs[1]
+        mol_idx = data["mol_idx"]
+        n_mol = nbops.num_molecules(data)
+        n = numbers.shape[0]
+        valid = (numbers[ai] > 0) & (numbers[aj] > 0)
+        r = torch.where(valid, d_ij.to(torch.float64) * self.ang2bohr, torch.full_like(d_ij, 10.0, dtype=torch.float64))
+        device = r.device
+        # coordination numbers
+        c_d4, dc_d4, c_eeq, dc_eeq = self._coordination_pairs(numbers, pairs, r, valid)
+        zero_a = torch.zeros(n, dtype=r.dtype, device=device)
+        cn = zero_a.index_add(0, ai, c_d4).index_add(0, aj, c_d4)
+        s_eeq = zero_a.index_add(0, ai, c_eeq).index_add(0, aj, c_eeq)
+        cn_eeq = self._cap(s_eeq)
+        # EEQ charges, keeping the LU factors for the adjoint solve
+        charge = self._total_charge(data, n_mol, device)
+        mat, rhs, local, ri, gamma = self.eeq_system(numbers, pairs, r, valid, cn_eeq, mol_idx, charge, n_mol)
+        lu, piv = torch.linalg.lu_factor(mat)
+        x = torch.linalg.lu_solve(lu, piv, rhs.unsqueeze(-1)).squeeze(-1)
+        mol_r, loc_r = mol_idx[ri], local[ri]
+        q = zero_a.index_put((ri,), x[mol_r, loc_r])
+        # C6 from the weighted polarizabilities
+        alpha = self.alpha[numbers]
+        gw, dgw = self.reference_weights(numbers, cn)
+        zeta, dzeta = self.charge_scaling(numbers, q)
+        pol = torch.einsum("ar,arw->aw", gw * zeta, alpha)
+        c6 = (pol[ai] * pol[aj]).sum(-1)
+        e_pair, g_r, de_dc6, r0 = self._two_body(numbers, pairs, r, valid, c6)
+        energy = torch.zeros(n_mol, dtype=torch.float64, device=device).index_add(0, mol_idx[ai], e_pair)
+        # dE/dα_i(ω) = Σ_j dE/dC6_ij α_j(ω) -> dE/dw_i^a
+        g_pol = torch.zeros_like(pol).index_add(0, ai, de_dc6.unsqueeze(-1) * pol[aj])
+        g_pol = g_pol.index_add(0, aj, de_dc6.unsqueeze(-1) * pol[ai])
+        h = torch.einsum("aw,arw->ar", g_pol, alpha)
+        de_dcn = (h * zeta * dgw).sum(-1)
+        de_dq = (h * gw * dzeta).sum(-1)
+        if self.s9 != 0.0:
+            zeta0, _ = self.charge_scaling(numbers, torch.zeros_like(q))
+            pol0 = torch.einsum("ar,arw->aw", gw * zeta0, alpha)
+            c6_0 = (pol0[ai] * pol0[aj]).sum(-1)
+            e3, g_r3, g_c6_0 = self._atm_parts(numbers, pairs, r, valid, c6_0, r0, mol_idx, n_mol, d_ij.dtype)
+            energy = energy + e3
+            g_r = g_r + g_r3
+            g_pol0 = torch.zeros_like(pol0).index_add(0, ai, g_c6_0.unsqueeze(-1) * pol0[aj])
+            g_pol0 = g_pol0.index_add(0, aj, g_c6_0.unsqueeze(-1) * pol0[ai])
+            de_dcn = de_dcn + (torch.einsum("aw,arw->ar", g_pol0, alpha) * zeta0 * dgw).sum(-1)
+        # through the EEQ solve: A λ = dE/dq (A symmetric); dE/db = λ, dE/dA = -λ xᵀ
+        g_x = torch.zeros_like(x).index_put((mol_r, loc_r), de_dq[ri])
+        lam = torch.linalg.lu_solve(lu, piv, g_x.unsqueeze(-1)).squeeze(-1)
+        lam_a = zero_a.index_put((ri,), lam[mol_r, loc_r])
+        sqrt_cn = self._sqrt_cn(cn_eeq)
+        dsqrt = torch.where(sqrt_cn > 0.0, 0.5 / torch.where(sqrt_cn > 0.0, sqrt_cn, torch.ones_like(sqrt_cn)),
+                            torch.zeros_like(sqrt_cn))
+        de_ds = lam_a * self.eeq_kcn[numbers] * dsqrt * torch.sigmoid(self.eeq_cn_max - s_eeq)
+        rg = r * gamma
+        dcoul = torch.where(valid, (2.0 / math.sqrt(math.pi)) * gamma * torch.exp(-rg * rg) / r
+                            - torch.erf(rg) / (r * r), torch.zeros_like(r))
+        de_dcoul = -(lam_a[ai] * q[aj] + lam_a[aj] * q[ai])
+        g_r = (g_r + (de_dcn[ai] + de_dcn[aj]) * dc_d4 + (de_ds[ai] + de_ds[aj]) * dc_eeq + de_dcoul * dcoul)
+        g_r = torch.where(valid, g_r, torch.zeros_like(g_r))
+        return energy * self.hartree2ev, (g_r * (self.hartree2ev * self.ang2bohr)).to(d_ij.dtype)
 
     def _triples(self, numbers: Tensor, pairs: Tensor, inside: Tensor, mol_idx: Tensor,
                  n_mol: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -359,13 +492,12 @@ class D4(nn.Module):
             self._triple_mol = mol_idx.clone()
         return self._triple_index[0], self._triple_index[1], self._triple_index[2]
 
-    def _atm(self, numbers: Tensor, pairs: Tensor, r: Tensor, valid: Tensor, c6: Tensor, r0: Tensor,
-             mol_idx: Tensor, n_mol: int, dtype: torch.dtype) -> Tensor:
-        """Axilrod-Teller-Muto energy (n_mol,) Hartree over the unique triples, with its gradient
-        with respect to the pair distances and C6 written by hand (the triple sum is most of D4's
-        cost; autograd over it would keep ~20 triple-sized temporaries): the returned energy has
-        the exact value and the exact first derivatives with respect to ``r`` and ``c6``. The
-        triple arithmetic runs in ``dtype`` (the potential's working dtype), the sum in float64."""
+    def _atm_parts(self, numbers: Tensor, pairs: Tensor, r: Tensor, valid: Tensor, c6: Tensor, r0: Tensor,
+                   mol_idx: Tensor, n_mol: int, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
+        """Axilrod-Teller-Muto energy (n_mol,) Hartree over the unique triples and its derivatives
+        with respect to the pair distances and C6 (P,) each, written by hand (the triple sum is most
+        of D4's cost; autograd over it would keep ~20 triple-sized temporaries). The triple
+        arithmetic runs in ``dtype`` (the potential's working dtype), the sum in float64."""
         inside = valid & (r <= self.disp3_cutoff)
         with torch.no_grad():
             t_ab, t_ak, t_bk = self._cached_triples(numbers, pairs, mol_idx, n_mol)
@@ -374,8 +506,11 @@ class D4(nn.Module):
             r2 = rd * rd
             sc = torch.sqrt(c6.detach().clamp(min=0.0)).to(dtype) * keep  # a side beyond the cutoff: no triple
             tp = (r0.detach().to(dtype) / rd) ** (self.alp / 3.0)  # per pair: (R0 / r)^(alp/3)
-            x, y, z = r2[t_ab], r2[t_ak], r2[t_bk]
-            cab, cak, cbk = sc[t_ab], sc[t_ak], sc[t_bk]
+            # one row gather per side of the triple: (r², sqrt C6, (R0/r)^(alp/3)) of each pair
+            feat = torch.stack([r2, sc, tp], dim=1)
+            f_ab, f_ak, f_bk = feat.index_select(0, t_ab), feat.index_select(0, t_ak), feat.index_select(0, t_bk)
+            x, y, z = f_ab[:, 0], f_ak[:, 0], f_bk[:, 0]
+            cab, cak, cbk = f_ab[:, 1], f_ak[:, 1], f_bk[:, 1]
             rr2 = x * y * z
             inv3 = 1.0 / (torch.sqrt(rr2) * rr2)
             inv5 = inv3 / rr2
@@ -383,31 +518,39 @@ class D4(nn.Module):
             uv, uw = u * v, u * w
             ss = uv * w
             ang = 0.375 * ss * inv5 + inv3
-            tt = tp[t_ab] * tp[t_ak] * tp[t_bk]
+            tt = f_ab[:, 2] * f_ak[:, 2] * f_bk[:, 2]
             f = 1.0 / (1.0 + 6.0 * tt)
             af = self.s9 * ang * f
             cbc = cak * cbk
             c9 = cab * cbc
-            e = (af * c9).to(torch.float64)
+            e = af * c9
             # e = s9 c9 A F with A = 0.375 S / R⁵ + 1 / R³, F = 1 / (1 + 6 T), S = u v w:
             # de/dx = q dS/dx + p / x (x = r_ij², likewise y, z), dS/dx = 2 x w - u v, ...
             q = (0.375 * self.s9) * c9 * inv5 * f
             p = (self.s9 * f) * c9 * (ang * self.alp * tt * f - 0.9375 * ss * inv5 - 1.5 * inv3)
-            de_x = q * (2.0 * x * w - uv) + p / x
-            de_y = q * (2.0 * y * u - v * w) + p / y
-            de_z = q * (2.0 * z * v - uw) + p / z
-            n_p = r.shape[0]
-            g_r2 = torch.zeros(n_p, dtype=dtype, device=r.device)
-            g_r2 = g_r2.index_add(0, t_ab, de_x).index_add(0, t_ak, de_y).index_add(0, t_bk, de_z)
-            g_sc = torch.zeros(n_p, dtype=dtype, device=r.device)
-            g_sc = g_sc.index_add(0, t_ab, af * cbc).index_add(0, t_ak, af * cab * cbk)
-            g_sc = g_sc.index_add(0, t_bk, af * cab * cak)
-            g_r = (g_r2 * 2.0 * rd * keep).to(r.dtype)
+            afc = af * cab
+            # one row scatter per side: (de/dr², de/dsqrtC6) of each pair
+            g = torch.zeros(r.shape[0], 2, dtype=dtype, device=r.device)
+            g = g.index_add(0, t_ab, torch.stack([q * (2.0 * x * w - uv) + p / x, af * cbc], dim=1))
+            g = g.index_add(0, t_ak, torch.stack([q * (2.0 * y * u - v * w) + p / y, afc * cbk], dim=1))
+            g = g.index_add(0, t_bk, torch.stack([q * (2.0 * z * v - uw) + p / z, afc * cak], dim=1))
+            g_r = (g[:, 0] * 2.0 * rd * keep).to(r.dtype)
+            g_sc = g[:, 1]
             positive = sc > 0.0
             g_c6 = torch.where(positive, g_sc * 0.5 / torch.where(positive, sc, torch.ones_like(sc)),
                                torch.zeros_like(sc)).to(r.dtype)
-            mol_t = mol_idx[pairs[0][t_ab]]
-            energy = torch.zeros(n_mol, dtype=torch.float64, device=r.device).index_add(0, mol_t, e)
+            if n_mol == 1:
+                energy = e.to(torch.float64).sum().reshape(1)
+            else:
+                mol_t = mol_idx[pairs[0][t_ab]]
+                energy = torch.zeros(n_mol, dtype=torch.float64, device=r.device).index_add(0, mol_t, e.to(torch.float64))
+        return energy, g_r, g_c6
+
+    def _atm(self, numbers: Tensor, pairs: Tensor, r: Tensor, valid: Tensor, c6: Tensor, r0: Tensor,
+             mol_idx: Tensor, n_mol: int, dtype: torch.dtype) -> Tensor:
+        """The ATM energy (n_mol,) Hartree for autograd callers: the exact value and the exact
+        first derivatives with respect to ``r`` and ``c6`` (see ``_atm_parts``)."""
+        energy, g_r, g_c6 = self._atm_parts(numbers, pairs, r, valid, c6, r0, mol_idx, n_mol, dtype)
         # value: the triple sum; first derivatives: g_r, g_c6 (a linear surrogate of zero value)
         lin = g_r * r + g_c6 * c6
         surrogate = torch.zeros(n_mol, dtype=r.dtype, device=r.device).index_add(0, mol_idx[pairs[0]], lin)
