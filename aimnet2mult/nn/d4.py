@@ -222,7 +222,6 @@ class D4(nn.Module):
         (n_mol, m+1), local index of each atom (A,), the real atoms' indices (R,), and the
         Coulomb kernel γ_ij of each pair (P,)). Unknowns: the molecule's charges, then the
         Lagrange multiplier of its total charge."""
-        n = numbers.shape[0]
         device = r.device
         real = numbers > 0
         local, m = _local_index(numbers, mol_idx, n_mol)
@@ -543,7 +542,8 @@ class D4(nn.Module):
                 energy = e.to(torch.float64).sum().reshape(1)
             else:
                 mol_t = mol_idx[pairs[0][t_ab]]
-                energy = torch.zeros(n_mol, dtype=torch.float64, device=r.device).index_add(0, mol_t, e.to(torch.float64))
+                energy = torch.zeros(n_mol, dtype=torch.float64, device=r.device)
+                energy = energy.index_add(0, mol_t, e.to(torch.float64))
         return energy, g_r, g_c6
 
     def _atm(self, numbers: Tensor, pairs: Tensor, r: Tensor, valid: Tensor, c6: Tensor, r0: Tensor,
