@@ -143,6 +143,7 @@ class D4(nn.Module):
     name: str
     is_dispersion: bool
     cutoff: float
+    atm_chunk: int
 
     def __init__(self, s6: float, s8: float, a1: float, a2: float, s9: float = 1.0, alp: float = 16.0):
         super().__init__()
@@ -160,6 +161,7 @@ class D4(nn.Module):
         self.name = "d4"
         self.is_dispersion = True
         self.cutoff = -1.0  # every pair of each (isolated) molecule
+        self.atm_chunk = 65536  # triples per chunk of the ATM sum: 1.5x faster than one pass at 99 atoms
         tables = load_d4_reference_tables()
         nz = int(tables["refcovcn"].shape[0])
         self.max_z = nz - 1
@@ -505,46 +507,59 @@ class D4(nn.Module):
             r2 = rd * rd
             sc = torch.sqrt(c6.detach().clamp(min=0.0)).to(dtype) * keep  # a side beyond the cutoff: no triple
             tp = (r0.detach().to(dtype) / rd) ** (self.alp / 3.0)  # per pair: (R0 / r)^(alp/3)
-            # one row gather per side of the triple: (r², sqrt C6, (R0/r)^(alp/3)) of each pair
-            feat = torch.stack([r2, sc, tp], dim=1)
-            f_ab, f_ak, f_bk = feat.index_select(0, t_ab), feat.index_select(0, t_ak), feat.index_select(0, t_bk)
-            x, y, z = f_ab[:, 0], f_ak[:, 0], f_bk[:, 0]
-            cab, cak, cbk = f_ab[:, 1], f_ak[:, 1], f_bk[:, 1]
-            rr2 = x * y * z
-            inv3 = 1.0 / (torch.sqrt(rr2) * rr2)
-            inv5 = inv3 / rr2
-            u, v, w = x + z - y, x - z + y, y + z - x
-            uv, uw = u * v, u * w
-            ss = uv * w
-            ang = 0.375 * ss * inv5 + inv3
-            tt = f_ab[:, 2] * f_ak[:, 2] * f_bk[:, 2]
-            f = 1.0 / (1.0 + 6.0 * tt)
-            af = self.s9 * ang * f
-            cbc = cak * cbk
-            c9 = cab * cbc
-            e = af * c9
-            # e = s9 c9 A F with A = 0.375 S / R⁵ + 1 / R³, F = 1 / (1 + 6 T), S = u v w:
-            # de/dx = q dS/dx + p / x (x = r_ij², likewise y, z), dS/dx = 2 x w - u v, ...
-            q = (0.375 * self.s9) * c9 * inv5 * f
-            p = (self.s9 * f) * c9 * (ang * self.alp * tt * f - 0.9375 * ss * inv5 - 1.5 * inv3)
-            afc = af * cab
-            # one row scatter per side: (de/dr², de/dsqrtC6) of each pair
-            g = torch.zeros(r.shape[0], 2, dtype=dtype, device=r.device)
-            g = g.index_add(0, t_ab, torch.stack([q * (2.0 * x * w - uv) + p / x, af * cbc], dim=1))
-            g = g.index_add(0, t_ak, torch.stack([q * (2.0 * y * u - v * w) + p / y, afc * cbk], dim=1))
-            g = g.index_add(0, t_bk, torch.stack([q * (2.0 * z * v - uw) + p / z, afc * cak], dim=1))
-            g_r = (g[:, 0] * 2.0 * rd * keep).to(r.dtype)
-            g_sc = g[:, 1]
+            feat = torch.stack([r2, sc, tp], dim=0)
+            g = torch.zeros(2, r.shape[0], dtype=dtype, device=r.device)
+            energy = torch.zeros(n_mol, dtype=torch.float64, device=r.device)
+            n_t = t_ab.shape[0]
+            # in chunks: the ~40 triple-sized temporaries of a chunk stay in cache
+            start = 0
+            while start < n_t:
+                end = min(start + self.atm_chunk, n_t)
+                g, e = self._atm_chunk(feat, t_ab[start:end], t_ak[start:end], t_bk[start:end], g)
+                if n_mol == 1:
+                    energy = energy + e.to(torch.float64).sum()
+                else:
+                    energy = energy.index_add(0, mol_idx[pairs[0][t_ab[start:end]]], e.to(torch.float64))
+                start = end
+            g_r = (g[0] * 2.0 * rd * keep).to(r.dtype)
+            g_sc = g[1]
             positive = sc > 0.0
             g_c6 = torch.where(positive, g_sc * 0.5 / torch.where(positive, sc, torch.ones_like(sc)),
                                torch.zeros_like(sc)).to(r.dtype)
-            if n_mol == 1:
-                energy = e.to(torch.float64).sum().reshape(1)
-            else:
-                mol_t = mol_idx[pairs[0][t_ab]]
-                energy = torch.zeros(n_mol, dtype=torch.float64, device=r.device)
-                energy = energy.index_add(0, mol_t, e.to(torch.float64))
         return energy, g_r, g_c6
+
+    def _atm_chunk(self, feat: Tensor, t_ab: Tensor, t_ak: Tensor, t_bk: Tensor, g: Tensor) -> Tuple[Tensor, Tensor]:
+        """ATM energies of some triples (T,) and their (de/dr², de/dsqrtC6) added into the pairs'
+        columns of ``g`` (2, P). ``feat`` (3, P): r², sqrt C6 (0 beyond the cutoff), (R0/r)^(alp/3)."""
+        # one gather per side of the triple, into contiguous (3, T) rows
+        f_ab, f_ak, f_bk = feat.index_select(1, t_ab), feat.index_select(1, t_ak), feat.index_select(1, t_bk)
+        x, y, z = f_ab[0], f_ak[0], f_bk[0]
+        cab, cak, cbk = f_ab[1], f_ak[1], f_bk[1]
+        rr2 = x * y * z
+        inv3 = 1.0 / (torch.sqrt(rr2) * rr2)
+        inv5 = inv3 / rr2
+        u, v, w = x + z - y, x - z + y, y + z - x
+        uv, uw = u * v, u * w
+        ss = uv * w
+        ang = 0.375 * ss * inv5 + inv3
+        tt = f_ab[2] * f_ak[2] * f_bk[2]
+        f = 1.0 / (1.0 + 6.0 * tt)
+        af = self.s9 * ang * f
+        cbc = cak * cbk
+        c9 = cab * cbc
+        e = af * c9
+        # e = s9 c9 A F with A = 0.375 S / R⁵ + 1 / R³, F = 1 / (1 + 6 T), S = u v w:
+        # de/dx = q dS/dx + p / x (x = r_ij², likewise y, z), dS/dx = 2 x w - u v, ...
+        q = (0.375 * self.s9) * c9 * inv5 * f
+        p = (self.s9 * f) * c9 * (ang * self.alp * tt * f - 0.9375 * ss * inv5 - 1.5 * inv3)
+        afc = af * cab
+        # scatter per side into the pairs' (de/dr², de/dsqrtC6) columns (1-D index_add: faster than rows)
+        g_x = g[0].index_add(0, t_ab, q * (2.0 * x * w - uv) + p / x)
+        g_x = g_x.index_add(0, t_ak, q * (2.0 * y * u - v * w) + p / y)
+        g_x = g_x.index_add(0, t_bk, q * (2.0 * z * v - uw) + p / z)
+        g_c = g[1].index_add(0, t_ab, af * cbc).index_add(0, t_ak, afc * cbk).index_add(0, t_bk, afc * cak)
+        g = torch.stack([g_x, g_c])
+        return g, e
 
     def _atm(self, numbers: Tensor, pairs: Tensor, r: Tensor, valid: Tensor, c6: Tensor, r0: Tensor,
              mol_idx: Tensor, n_mol: int, dtype: torch.dtype) -> Tensor:
