@@ -89,7 +89,12 @@ def test_kill_loop_resumes_to_the_uninterrupted_weights(tmp_path):
     for segment in text.split(" INFO resumed ")[1:]:
         where, epoch = re.match(r"(inside|after) epoch (\d+)", segment).groups()
         before_copy = int(epoch) < 3 if where == "inside" else int(epoch) <= 2
-        assert ("element embeddings copied from fidelity 1" in segment) == before_copy, segment[:200]
+        copied = "element embeddings copied from fidelity 1" in segment
+        assert not copied or before_copy, f"copied again after the copy point: {segment[:200]}"
+        # a run stopped before it reached the start of epoch 3 had no chance to copy
+        reached_copy_point = re.search(r"validation epoch ([3-9]|\d\d) ", segment) is not None
+        if before_copy and reached_copy_point:
+            assert copied, f"resumed before the copy point and passed it without copying: {segment[:200]}"
 
     if proc.returncode != 0:
         # the last run was stopped (a kill -9 may have come while it wrote its plots after m.pt):
