@@ -117,7 +117,7 @@ def run_name(arm: str, n: int, tag: str = "") -> str:
 
 
 def run_arm(arm: str, n: int, out: Path, steps: int, batch: int, threads: int, tag: str = "",
-            replay_weight: float = 0.5, overrides=(), reevaluate: bool = False) -> dict:
+            replay_weight: float = 0.5, overrides=(), reevaluate: bool = False, extra_pool=()) -> dict:
     """Train one arm (resumable: a finished run is read back; ``reevaluate``: scored again)."""
     run = out / "runs" / run_name(arm, n, tag)
     done = run / "result.json"
@@ -144,6 +144,8 @@ def run_arm(arm: str, n: int, out: Path, steps: int, batch: int, threads: int, t
                    "--strategy", arm, "--dispersion", "b3lyp", "--no-progress", "--overwrite", *common]
             if arm == "replay":
                 cmd += ["--replay-pool", str(data_dir() / "gfn2_train.h5"), "--replay-weight", str(replay_weight)]
+                for pool in extra_pool:
+                    cmd += ["--replay-pool", str(pool)]
             cmd += list(overrides)
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         (run / "train.out").write_text(res.stdout + res.stderr)
@@ -151,7 +153,8 @@ def run_arm(arm: str, n: int, out: Path, steps: int, batch: int, threads: int, t
             raise RuntimeError(f"{arm} n={n} failed:\n{res.stderr[-3000:]}")
     result = {"arm": arm, "n": n, "steps": steps, "batch": batch, "tag": "" if arm == "scratch" else tag,
               "train_seconds": time.time() - t0,
-              "replay_weight": replay_weight if arm == "replay" else None, "overrides": list(overrides)}
+              "replay_weight": replay_weight if arm == "replay" else None, "overrides": list(overrides),
+              "extra_replay_pool": [Path(x).name for x in extra_pool] if arm == "replay" else []}
     if done.exists():  # re-evaluation: keep the recorded training time
         result["train_seconds"] = json.loads(done.read_text()).get("train_seconds")
     result.update(evaluate(arm, save, out))
@@ -258,6 +261,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: N = 80, 10 steps of 8")
     p.add_argument("--tag", default="", help="suffix of the run names (variants of a recipe)")
     p.add_argument("--replay-weight", type=float, default=0.5)
+    p.add_argument("--extra-pool", nargs="*", default=[], metavar="H5",
+                   help="more replay-pool geometry files for the replay arm (e.g. bench/data/replay_pool_sipbri.h5: "
+                        "Si, P, Br, I molecules outside the drift set, made by bench/make_replay_pool.py)")
     p.add_argument("--reevaluate", action="store_true", help="score finished runs again (new metrics)")
     p.add_argument("overrides", nargs="*", help="key=value training overrides for the fine-tuning arms")
     args = p.parse_args(argv)
@@ -280,7 +286,7 @@ def main(argv=None) -> int:
                 continue
             print(f"{arm} N={n if n > 0 else 'all'}{args.tag} ...", flush=True)
             results.append(run_arm(arm, n, out, args.steps, args.batch, args.threads, args.tag, args.replay_weight,
-                                   [] if arm == "scratch" else args.overrides, args.reevaluate))
+                                   [] if arm == "scratch" else args.overrides, args.reevaluate, args.extra_pool))
     if results:
         summarize(results, out)
     return 0

@@ -185,3 +185,18 @@ def test_from_the_official_member_both_fidelities_export(tmp_path, wb97m_file):
     atoms.calc = AIMNet2Mult(export_potential(official, 0, tmp_path / "official.jpt"))
     assert abs(energies[0] - atoms.get_potential_energy()) < 0.5  # eV, after two small steps
     assert np.isfinite(energies[1])
+
+
+def test_replay_warns_about_source_elements_no_replayed_molecule_contains(setup, caplog):
+    tmp_path, source, ckpt = setup
+    ckpt["fidelities"][1]["elements"] = [1, 6, 7, 8]
+    no_oxygen = ["CH4", "NH3", "C2H4", "CH3CN"]
+    synthetic.write_h5(tmp_path / "no_o.h5", synthetic.make_samples(8, seed=33, bases=no_oxygen), labels=("forces",))
+    with caplog.at_level("WARNING", logger="aimnet2mult"):
+        assert finetune.pseudo_label(ckpt, 1, [str(tmp_path / "no_o.h5")], tmp_path / "r1.h5") == 8
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "cover none of its elements O:" in warned[0] and "fidelity 1 ('level1')" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="aimnet2mult"):  # a pool with water covers it
+        finetune.pseudo_label(ckpt, 1, [str(tmp_path / "no_o.h5"), str(tmp_path / "new_val.h5")], tmp_path / "r2.h5")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -196,6 +196,7 @@ def test_joined_convolution_equals_separate_ones(layout):
     """The backbone runs the atom (F channels) and charge (C channels) convolutions as one over
     F + C channels; that equals the two run apart, and the flat layout equals a hand-written sum
     over each atom's neighbours (S_i = Σ_j gs_ij x_j, V_i = A·Σ_j x_j gv_ij, P = |V|²)."""
+    from aimnet2mult.nn.basis import PairBasis
     from aimnet2mult.nn.conv import ShellConvolution, shell_sums
 
     g = torch.Generator().manual_seed(3)
@@ -208,7 +209,9 @@ def test_joined_convolution_equals_separate_ones(layout):
     gv = torch.randn(n, m, shells, 3, generator=g, dtype=torch.float64)
     if layout == "flat":
         data = {"coord": torch.zeros(n, 3), "nbmat": nbmat}
-        args = (gs, gv)
+        # the flat layout's W (G, A, 4, M): W[g, i, 0, m] = gs, W[g, i, 1:, m] = gv of pair (i, m)
+        w = torch.cat([gs.unsqueeze(-1), gv], dim=-1).permute(2, 0, 3, 1).contiguous()
+        basis = PairBasis(torch.empty(0), torch.empty(0), w)
     else:  # the same pairs as a dense (1, N, N) layout, zero where j is not a listed neighbour
         gs_d = torch.zeros(1, n, n, shells, dtype=torch.float64)
         gv_d = torch.zeros(1, n, n, shells, 3, dtype=torch.float64)
@@ -217,11 +220,11 @@ def test_joined_convolution_equals_separate_ones(layout):
                 gs_d[0, i, nbmat[i, k]] += gs[i, k]
                 gv_d[0, i, nbmat[i, k]] += gv[i, k]
         data = {"coord": torch.zeros(1, n, 3)}
-        args = (gs_d, gv_d)
+        basis = PairBasis(gs_d, gv_d, torch.empty(0))
         x_a, x_q = x_a.unsqueeze(0), x_q.unsqueeze(0)
     agh = torch.cat([atoms.agh, charges.agh], dim=0)
-    s, p = shell_sums(torch.cat([x_a, x_q], dim=-2), *args, data, agh)
-    apart = [atoms(x_a, *args, data), charges(x_q, *args, data)]
+    s, p = shell_sums(torch.cat([x_a, x_q], dim=-2), basis, data, agh)
+    apart = [atoms(x_a, basis, data), charges(x_q, basis, data)]
     joined = [torch.cat([s[..., :f, :].flatten(-2), p[..., :f, :].flatten(-2)], -1),
               torch.cat([s[..., f:, :].flatten(-2), p[..., f:, :].flatten(-2)], -1)]
     for one, two in zip(apart, joined):

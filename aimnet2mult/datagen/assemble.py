@@ -61,6 +61,10 @@ class Bucket:
     def n(self) -> int:
         return sum(self.molecules.values())
 
+    def elements(self) -> set:
+        """Atomic numbers present in any conformer."""
+        return {int(z) for g in self.groups.values() for nums in g["numbers"] for z in np.unique(nums)}
+
 
 DTYPES = {"coord": np.float32, "numbers": np.int32, "charge": np.float32, "mult": np.float32,
           "energy": np.float64, "forces": np.float32, "charges": np.float32, "qm9_index": np.int64}

@@ -1,19 +1,18 @@
 """AIMNet2 backbone: element embedding, three message passes and neural charge equilibration."""
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import nbops
-from .basis import RadialBasis
+from .basis import PairBasis, RadialBasis
 from .conv import (
     ShellConvolution,
     dense_matrices_grad_to_pairs,
     dense_shell_matrices,
     dense_shell_sums_recorded,
     dense_shell_sums_vjp,
-    flat_pair_basis,
     flat_shell_sums_recorded,
     flat_shell_sums_vjp,
     shell_sums,
@@ -153,45 +152,31 @@ class AIMNet2Backbone(nn.Module):
     def forward(self, numbers: Tensor, charge_channels: Tensor,
                 data: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
         """numbers: shifted element indices (A...); charge_channels: (n_mol, C) targets.
-
-        ``data`` must hold ``d_ij``, ``u_ij`` (pair geometry) for the layout seam.
-        """
-        gs, gv = self.basis(data["d_ij"], data["u_ij"])
-        w: Optional[Tensor] = None
-        if not nbops.is_dense(data):
-            w = flat_pair_basis(gs, gv)
-        mask, shape, a, q = self._initial_state(numbers)
-        c = self.num_charge_channels
-        aim = a.flatten(-2)
-        n_pass = len(self.passes)
-        agh_both = self._joined_agh()
-        for ipass, mlp in enumerate(self.passes):
-            if ipass == 0:
-                h = torch.cat([a.flatten(-2), self.conv_atoms(a, gs, gv, data, w)], dim=-1)
-            else:
-                s, p = shell_sums(self._joined_input(a, q), gs, gv, data, agh_both, w)
-                h = self._pass_input(a, q, s, p)
-            out = mlp(h).masked_fill(~mask, 0.0)
-            if ipass == n_pass - 1:
-                aim = out
-            else:
-                dq, phi, da = torch.split(out, [c, c, out.shape[-1] - 2 * c], dim=-1)
-                q_raw = dq if ipass == 0 else q + dq
-                q = charge_equilibration(charge_channels, q_raw, phi, data)
-                a = a + da.reshape(shape)
+        Differentiable by autograd, any layout. ``data`` must hold ``d_ij``, ``u_ij`` (pair
+        geometry) for the layout seam. Returns (aim (A..., aim_size), charges q (A..., C))."""
+        basis = self.basis.pair_basis(data["d_ij"], data["u_ij"], nbops.is_dense(data))
+        none = torch.empty(0, dtype=basis.gs.dtype, device=basis.gs.device)
+        aim, q, _ = self._passes(numbers, charge_channels, data, basis, none, False)
         return aim, q
 
-    # ------------------------------------------------------------------ hand-written VJP (flat)
     def forward_recorded(self, numbers: Tensor, charge_channels: Tensor, data: Dict[str, Tensor],
                          w: Tensor) -> Tuple[Tensor, Tensor, BackboneRecord]:
         """The flat-layout forward (run it under no_grad) that keeps what :meth:`vjp` needs.
 
-        w: the flat pair basis (G, A, 4, M) of :func:`flat_pair_basis`. Returns (aim, q, record);
-        the dense shell matrices are used up to ``dense_products_max_atoms`` atoms."""
-        nbmat = data["nbmat"]
+        w: the flat pair basis (G, A, 4, M) of ``RadialBasis.flat_basis``. Returns (aim, q,
+        record); the dense shell matrices are used up to ``dense_products_max_atoms`` atoms."""
         s_mat = torch.empty(0, dtype=w.dtype, device=w.device)
         if numbers.shape[0] <= self.dense_products_max_atoms:
-            s_mat = dense_shell_matrices(w, nbmat)
+            s_mat = dense_shell_matrices(w, data["nbmat"])
+        none = torch.empty(0, dtype=w.dtype, device=w.device)
+        return self._passes(numbers, charge_channels, data, PairBasis(none, none, w), s_mat, True)
+
+    def _passes(self, numbers: Tensor, charge_channels: Tensor, data: Dict[str, Tensor], basis: PairBasis,
+                s_mat: Tensor, record: bool) -> Tuple[Tensor, Tensor, BackboneRecord]:
+        """The interaction passes: embedding, then per pass the shell convolutions of the atom
+        features (and, from the second pass on, of the charges), the pass MLP and, for every pass
+        but the last, the charge update with NQE. With ``record`` (flat layout; s_mat: the dense
+        shell matrices or empty) it keeps what :meth:`vjp` needs; without, the record is empty."""
         mask, shape, a, q = self._initial_state(numbers)
         c = self.num_charge_channels
         aim = a.flatten(-2)
@@ -201,27 +186,37 @@ class AIMNet2Backbone(nn.Module):
         saved: List[Tensor] = []
         bounds: List[int] = [0]
         records: List[PassRecord] = []
-        none = torch.empty(0, dtype=w.dtype, device=w.device)
+        none = torch.empty(0, dtype=a.dtype, device=a.device)
         for ipass, mlp in enumerate(self.passes):
+            x = a if ipass == 0 else self._joined_input(a, q)
+            agh = self.conv_atoms.agh if ipass == 0 else agh_both
+            x_j, v = none, none
+            if record:
+                s, p, x_j, v = _shell_sums_recorded(x, basis.w, s_mat, data["nbmat"], agh)
+            else:
+                s, p = shell_sums(x, basis, data, agh)
             if ipass == 0:
-                s, p, x_j, v = _shell_sums_recorded(a, w, s_mat, nbmat, self.conv_atoms.agh)
                 h = torch.cat([a.flatten(-2), s.flatten(-2), p.flatten(-2)], dim=-1)
             else:
-                s, p, x_j, v = _shell_sums_recorded(self._joined_input(a, q), w, s_mat, nbmat, agh_both)
                 h = self._pass_input(a, q, s, p)
-            for layer in mlp:
-                h = layer.record(h, kinds, saved)
-            bounds.append(len(kinds))
+            if record:
+                for layer in mlp:
+                    h = layer.record(h, kinds, saved)
+                bounds.append(len(kinds))
+            else:
+                h = mlp(h)
             out = h.masked_fill(~mask, 0.0)
             if ipass == n_pass - 1:
                 aim = out
-                records.append(PassRecord(x_j, v, none, none, none, none))
+                if record:
+                    records.append(PassRecord(x_j, v, none, none, none, none))
             else:
                 dq, phi, da = torch.split(out, [c, c, out.shape[-1] - 2 * c], dim=-1)
                 q_raw = dq if ipass == 0 else q + dq
                 q, wq, w_sum, excess = charge_equilibration_parts(charge_channels, q_raw, phi, data)
                 a = a + da.reshape(shape)
-                records.append(PassRecord(x_j, v, phi, wq, w_sum, excess))
+                if record:
+                    records.append(PassRecord(x_j, v, phi, wq, w_sum, excess))
         return aim, q, BackboneRecord(kinds, saved, bounds, records, s_mat)
 
     def vjp(self, g_aim: Tensor, g_q_out: Tensor, numbers: Tensor, data: Dict[str, Tensor], w: Tensor,

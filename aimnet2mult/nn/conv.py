@@ -1,36 +1,25 @@
 """Shell convolutions of AIMNet2 (scalar and vector parts), for atom features and charges."""
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import nbops
+from .basis import PairBasis
 
 
-def flat_pair_basis(gs: Tensor, gv: Tensor) -> Tensor:
-    """Radial terms of the flat layout arranged for batched matrix products.
-
-    gs (A, M, G), gv (A, M, G, 3) -> W (G, A, 4, M) with W[g, i, 0, m] = gs and W[g, i, 1:4, m] = gv
-    of pair (i, nbmat[i, m]). Built once per forward pass and shared by every convolution.
-    """
-    w = torch.cat([gs.unsqueeze(-1), gv], dim=-1)
-    return w.permute(2, 0, 3, 1).contiguous()
-
-
-def shell_sums(x: Tensor, gs: Tensor, gv: Tensor, data: Dict[str, Tensor], agh: Tensor,
-               w: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def shell_sums(x: Tensor, basis: PairBasis, data: Dict[str, Tensor], agh: Tensor) -> Tuple[Tensor, Tensor]:
     """The two parts of a shell convolution (see :class:`ShellConvolution`) with mixing weights
-    ``agh`` (F, G, H): S (A..., F, G) and P (A..., F, H). Channels are independent, so several
-    convolutions over the same pairs run as one by concatenating their channels (and ``agh``)."""
+    ``agh`` (F, G, H): S (A..., F, G) and P (A..., F, H); ``basis`` in the layout's form
+    (:class:`~aimnet2mult.nn.basis.PairBasis`). Channels are independent, so several convolutions
+    over the same pairs run as one by concatenating their channels (and ``agh``)."""
     if nbops.is_dense(data):
-        s = torch.einsum("bijg,bjfg->bifg", gs, x)
-        t = torch.einsum("bijgx,bjfg->bifgx", gv, x)
+        s = torch.einsum("bijg,bjfg->bifg", basis.gs, x)
+        t = torch.einsum("bijgx,bjfg->bifgx", basis.gv, x)
         v = torch.einsum("...fgx,fgh->...fhx", t, agh)
         return s, (v * v).sum(-1)
-    if w is None:
-        w = flat_pair_basis(gs, gv)
-    s, p, _, _ = flat_shell_sums_recorded(x, w, data["nbmat"], agh)
+    s, p, _, _ = flat_shell_sums_recorded(x, basis.w, data["nbmat"], agh)
     return s, p
 
 
@@ -148,7 +137,7 @@ class ShellConvolution(nn.Module):
     F = number of charge channels and the same value for every shell.
 
     Flat layout: the neighbour features are gathered shell-major, (G, A, M, F), and contracted with
-    the pair basis W (G, A, 4, M) of :func:`flat_pair_basis` in ONE batched matrix product per
+    the pair basis W (G, A, 4, M) of ``RadialBasis.flat_basis`` in ONE batched matrix product per
     convolution, which gives the scalar and the vector sums together. Only the gathered features
     (A·M·F·G values, ~1 GB in float32 for a 12k-atom water box) are kept for the backward pass;
     no (pairs × F × G × 3) tensor is ever formed.
@@ -159,9 +148,8 @@ class ShellConvolution(nn.Module):
         self.agh = nn.Parameter(torch.empty(num_channels, num_shells, num_combinations))
         nn.init.normal_(self.agh, std=1.0 / (num_shells ** 0.5))
 
-    def forward(self, x: Tensor, gs: Tensor, gv: Tensor, data: Dict[str, Tensor],
-                w: Optional[Tensor] = None) -> Tensor:
-        """x: atom tensor (A..., F, G); gs (P..., G); gv (P..., G, 3); w: optional precomputed
-        flat pair basis. Returns (A..., F*G + F*H)."""
-        s, p = shell_sums(x, gs, gv, data, self.agh, w)
+    def forward(self, x: Tensor, basis: PairBasis, data: Dict[str, Tensor]) -> Tensor:
+        """x: atom tensor (A..., F, G); basis: the pair basis in the layout's form. Returns
+        (A..., F*G + F*H)."""
+        s, p = shell_sums(x, basis, data, self.agh)
         return torch.cat([s.flatten(-2), p.flatten(-2)], dim=-1)

@@ -6,6 +6,7 @@ vector-Jacobian product (:func:`mlp_vjp`) needs, so the exported potential can t
 the autograd engine walking the network (see ``aimnet2mult.nn.backbone``).
 """
 
+from enum import Enum
 from typing import List
 
 import torch
@@ -14,20 +15,28 @@ from torch import Tensor, nn
 from .onednn import PackedWeights, dense_product, onednn_input, onednn_linear
 
 
+class LayerKind(Enum):
+    """What ``record`` kept of a layer, for :func:`mlp_vjp` (TorchScript inlines ``.value``)."""
+
+    LINEAR = 0  # the weight (out, in)
+    GELU = 1  # the pre-activation
+    LINEAR_PACKED = 2  # the oneDNN-packed transpose of the weight
+
+
 class Linear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__(in_features, out_features, bias)
         self.packed_weights = PackedWeights()
 
     def record(self, x: Tensor, kinds: List[int], saved: List[Tensor]) -> Tensor:
-        """Forward of a 2-D input (X, n_in), recording for the VJP the weight (out, in) (kind 0)
-        or, with packed weights, the packed transpose (kind 2)."""
+        """Forward of a 2-D input (X, n_in), recording for the VJP the weight (out, in) or, with
+        packed weights, the packed transpose."""
         if self.packed_weights.enabled and onednn_input(x) and self.weight.dtype == torch.float32:
             packed = self.packed_weights(self.weight)
-            kinds.append(2)
+            kinds.append(LayerKind.LINEAR_PACKED.value)
             saved.append(packed[1])
             return onednn_linear(x.contiguous(), packed[0], self.bias)
-        kinds.append(0)
+        kinds.append(LayerKind.LINEAR.value)
         saved.append(self.weight)
         return dense_product(x, self.weight, self.bias)
 
@@ -56,8 +65,8 @@ def gelu_backward(grad: Tensor, x: Tensor) -> Tensor:
 
 class GELU(nn.GELU):
     def record(self, x: Tensor, kinds: List[int], saved: List[Tensor]) -> Tensor:
-        """Forward, recording (kind 1) the pre-activation for the VJP."""
-        kinds.append(1)
+        """Forward, recording the pre-activation for the VJP."""
+        kinds.append(LayerKind.GELU.value)
         saved.append(x)
         return gelu(x)
 
@@ -85,10 +94,10 @@ def mlp_vjp(grad: Tensor, kinds: List[int], saved: List[Tensor], start: int, sto
     (X, n_in - first_input): the columns of inputs that need no gradient are dropped."""
     g = grad
     for k in range(stop - 1, start - 1, -1):
-        if kinds[k] != 1:  # Linear: saved = weight (out, in), or (kind 2) its packed transpose
+        if kinds[k] != LayerKind.GELU.value:  # Linear: saved = weight (out, in) or its packed transpose
             # the whole product, then the columns wanted: a column slice of the weight is a strided
             # matrix that oneDNN runs ~100x slower than the plain one
-            if kinds[k] == 2:
+            if kinds[k] == LayerKind.LINEAR_PACKED.value:
                 g = onednn_linear(g.contiguous(), saved[k], None)
             else:
                 g = dense_product(g, saved[k].t(), None)

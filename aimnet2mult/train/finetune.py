@@ -92,6 +92,7 @@ def pseudo_label(source: Dict[str, Any], fidelity: int, geometry_files: Sequence
 
     from ..data.h5dataset import SizeGroupedDataset
     from ..datagen.assemble import Bucket, write_h5
+    from ..elements import symbol
     from ..export import build_potential
 
     entry = source["fidelities"][fidelity]
@@ -124,6 +125,11 @@ def pseudo_label(source: Dict[str, Any], fidelity: int, geometry_files: Sequence
     if skipped:
         log.info("pseudo-labels of fidelity %d: %d molecule(s) with elements it was not trained on left out",
                  fidelity, skipped)
+    uncovered = sorted(supported - set(bucket.elements()))
+    if bucket.n and uncovered:
+        log.warning("pseudo-labels of fidelity %d ('%s') cover none of its elements %s: nothing holds its "
+                    "predictions for them while the backbone adapts; add --replay-pool geometries that "
+                    "contain them", fidelity, entry["name"], ", ".join(symbol(z) for z in uncovered))
     if bucket.n == 0:
         return 0
     write_h5(Path(out), bucket)
