@@ -200,3 +200,32 @@ def test_replay_warns_about_source_elements_no_replayed_molecule_contains(setup,
     with caplog.at_level("WARNING", logger="aimnet2mult"):  # a pool with water covers it
         finetune.pseudo_label(ckpt, 1, [str(tmp_path / "no_o.h5"), str(tmp_path / "new_val.h5")], tmp_path / "r2.h5")
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_held_fidelities_keep_their_own_parameters_while_the_backbone_trains(setup):
+    tmp_path, source, ckpt = setup
+    held = ["optimizer.kwargs.lr=1e-3", "optimizer.hold_fidelities=[0,1]"]
+    args = _args(tmp_path, source, "replay", overrides=FAST + held)
+    assert finetune.run(args) == 0
+    init = load_checkpoint(tmp_path / "ft_replay_finetune" / "initial.pt")["state_dict"]
+    ft = load_checkpoint(args.save)["state_dict"]
+    off = int(ckpt["model_config"]["fidelity_offset"])
+    emb0, emb1 = init["backbone.embedding.weight"], ft["backbone.embedding.weight"]
+    for k in (0, 1):  # the held fidelities' rows (row k * off, "element 0", is never read)
+        assert torch.equal(emb0[k * off + 1:(k + 1) * off], emb1[k * off + 1:(k + 1) * off]), k
+    assert not torch.equal(emb0[2 * off:], emb1[2 * off:])  # the new fidelity's rows trained
+    readouts = ckpt["model_config"]["use_fidelity_readouts"]
+    for name in init:
+        if name.startswith(("readouts.0.", "readouts.1.")) and readouts:
+            assert torch.equal(init[name], ft[name]), name
+    assert not torch.equal(init["backbone.passes.0.0.weight"], ft["backbone.passes.0.0.weight"])
+
+
+def test_hold_fidelities_refuses_what_does_not_exist(setup, capsys):
+    tmp_path, source, _ = setup
+    for value, message in (("[5]", "fidelities [5] do not exist (the model has 3)"),
+                           ("[0,1,2]", "names every fidelity")):
+        args = _args(tmp_path, source, "replay", overrides=FAST + [f"optimizer.hold_fidelities={value}"],
+                     save=str(tmp_path / f"bad{len(value)}.pt"))
+        assert finetune.run(args) != 0
+        assert f"optimizer.hold_fidelities: {message}" in capsys.readouterr().err

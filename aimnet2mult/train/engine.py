@@ -40,9 +40,45 @@ def forward(model: nn.Module, batch: Dict[str, Tensor], need_forces: bool, creat
     return out
 
 
+def hold_fidelities(model: nn.Module, fidelities: List[int]) -> List[str]:
+    """Keep the parameters that belong to these fidelities alone fixed: their rows of the element
+    embedding (the gradient of those rows is zeroed by a hook, so Adam never moves them) and, with
+    per-fidelity readouts, their readout heads (``requires_grad`` off). The shared backbone trains.
+    Returns the names of the frozen readout parameters (log lines are the caller's)."""
+    n_fid = int(model.num_fidelities)
+    bad = [k for k in fidelities if not 0 <= int(k) < n_fid]
+    if bad:
+        raise ConfigError(f"optimizer.hold_fidelities: fidelities {bad} do not exist (the model has {n_fid})")
+    if len(set(int(k) for k in fidelities)) == n_fid:
+        raise ConfigError("optimizer.hold_fidelities: names every fidelity, so no element embedding row would train")
+    off = int(model.fidelity_offset)
+    emb = model.backbone.embedding.weight
+    keep = torch.ones(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
+    for k in fidelities:
+        keep[int(k) * off:(int(k) + 1) * off] = 0.0
+    emb.register_hook(lambda grad: grad * keep.to(grad.dtype))
+    frozen: List[str] = []
+    if model.use_fidelity_readouts:
+        for k in fidelities:
+            for pname, param in model.readouts[int(k)].named_parameters():
+                param.requires_grad_(False)
+                frozen.append(f"readouts.{int(k)}.{pname}")
+    return frozen
+
+
 def build_optimizer(model: nn.Module, cfg: Dict[str, Any]) -> torch.optim.Optimizer:
-    """Optimizer with regex parameter groups; ``force_no_train`` regexes freeze parameters."""
+    """Optimizer with regex parameter groups; ``force_no_train`` regexes freeze parameters,
+    ``hold_fidelities`` a fidelity's own parameters (:func:`hold_fidelities`)."""
     cls = import_object(cfg.get("class", "torch.optim.AdamW"))
+    held_cfg = cfg.get("hold_fidelities") or []
+    if not isinstance(held_cfg, (list, tuple)) or not all(isinstance(k, int) and not isinstance(k, bool)
+                                                          for k in held_cfg):
+        raise ConfigError(f"optimizer.hold_fidelities: a list of fidelity indices, got {held_cfg!r}")
+    held = [int(k) for k in held_cfg]
+    if held:
+        names = hold_fidelities(model, held)
+        log.info("hold_fidelities %s: their embedding rows%s do not train", held,
+                 f" and readouts ({len(names)} tensors)" if names else "")
     frozen = [re.compile(p) for p in cfg.get("force_no_train") or []]
     groups_cfg = cfg.get("param_groups") or {}
     patterns = [(name, re.compile(g["re"]), {k: v for k, v in g.items() if k != "re"})
@@ -51,6 +87,8 @@ def build_optimizer(model: nn.Module, cfg: Dict[str, Any]) -> torch.optim.Optimi
     default: List[nn.Parameter] = []
     n_frozen = 0
     for pname, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
         if any(p.fullmatch(pname) for p in frozen):
             param.requires_grad_(False)
             n_frozen += 1

@@ -82,12 +82,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------------------------ pseudo-labels
 def pseudo_label(source: Dict[str, Any], fidelity: int, geometry_files: Sequence[str], out: Path,
-                 batch_size: int = 64) -> int:
+                 batch_size: int = 64, warn_uncovered: bool = True) -> int:
     """Write ``out`` (seed layout): the molecules of ``geometry_files`` whose elements ``fidelity``
     supports, labelled by the source checkpoint itself (float64): the network's energies and forces
     without the fidelity's dispersion (what the network itself is trained on; the dispersion is added
     again at export), charges where that fidelity was trained on charges. Returns the number of
-    molecules written (0: no file)."""
+    molecules written (0: no file). ``warn_uncovered``: warn when they contain none of some element
+    the fidelity was trained on (the training pool's check)."""
     import torch
 
     from ..data.h5dataset import SizeGroupedDataset
@@ -126,7 +127,7 @@ def pseudo_label(source: Dict[str, Any], fidelity: int, geometry_files: Sequence
         log.info("pseudo-labels of fidelity %d: %d molecule(s) with elements it was not trained on left out",
                  fidelity, skipped)
     uncovered = sorted(supported - set(bucket.elements()))
-    if bucket.n and uncovered:
+    if warn_uncovered and bucket.n and uncovered:
         log.warning("pseudo-labels of fidelity %d ('%s') cover none of its elements %s: nothing holds its "
                     "predictions for them while the backbone adapts; add --replay-pool geometries that "
                     "contain them", fidelity, entry["name"], ", ".join(symbol(z) for z in uncovered))
@@ -289,7 +290,7 @@ def prepare(args) -> Dict[str, Any]:
                               "--replay-pool: no pseudo-labels to replay")
         train_files[k] = str(work / f"replay_fid{k}.h5")
         if args.val:
-            if pseudo_label(source, k, [args.val], work / f"replay_val_fid{k}.h5"):
+            if pseudo_label(source, k, [args.val], work / f"replay_val_fid{k}.h5", warn_uncovered=False):
                 val_files[k] = str(work / f"replay_val_fid{k}.h5")
         sae_files[k] = str(write_sae(init["fidelities"][k]["sae"], work / f"sae_fid{k}.yaml"))
     train_files[n_src] = str(Path(args.data).resolve())
