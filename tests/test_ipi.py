@@ -146,9 +146,10 @@ def test_nve_energies_and_forces_equal_the_direct_calculator(tmp_path, system, f
         atoms.positions = positions[step]
         atoms.calc = calc
         e = atoms.get_potential_energy()
-        # 1e-5 eV plus the rounding of i-PI's properties file (9 significant digits, '%16.8e')
+        # the rounding of i-PI's properties file (9 significant digits, '%16.8e') plus 3e-5 eV: the
+        # float32 network evaluated again at positions that went through i-PI's Bohr (1e-7 relative)
         printed = 0.5 * 10.0 ** (np.floor(np.log10(abs(e))) - 8)
-        assert props[step, 1] * ipi_ev_to_ase_ev == pytest.approx(e, abs=1e-5 + printed), step
+        assert props[step, 1] * ipi_ev_to_ase_ev == pytest.approx(e, abs=3e-5 + printed), step
         np.testing.assert_allclose(forces[step], atoms.get_forces(), atol=1e-4)
     assert np.abs(positions[3] - positions[0]).max() > 1e-4  # it moved
 
