@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from .nn import nbops
 from .nn.geometry import flat_geometry_vjp, min_real_distance
+from .nn.keys import Key
 from .nn.model import MultiFidelityAIMNet2
 from .nn.neighbors import TorchCellList
 from .nn.onednn import PackedWeights
@@ -91,8 +92,9 @@ class Potential(nn.Module):
         self.fidelity = int(fidelity)
         self.fidelity_name = fidelity_name
         self.open_shell = model.num_charge_channels == 2
-        self.report_charges = trained_outputs is None or "charges" in trained_outputs
-        self.report_spin_charges = self.open_shell and (trained_outputs is None or "spin_charges" in trained_outputs)
+        self.report_charges = trained_outputs is None or Key.CHARGES.value in trained_outputs
+        self.report_spin_charges = self.open_shell and (trained_outputs is None
+                                                        or Key.SPIN_CHARGES.value in trained_outputs)
         self.symbols = list(symbols)
         self.min_distance = MIN_DISTANCE
         self.max_images = MAX_IMAGES
@@ -162,8 +164,8 @@ class Potential(nn.Module):
             raise ValueError("'mult' must be a positive integer (2S+1)")
 
     def _validate(self, data: Dict[str, Tensor]) -> None:
-        coord = data["coord"]
-        numbers = data["numbers"]
+        coord = data[Key.COORD.value]
+        numbers = data[Key.NUMBERS.value]
         if coord.dim() != 3 or coord.shape[-1] != 3:
             raise ValueError("'coord' must have shape (B, N, 3) (dense batch) or (N, 3) (flat / periodic "
                              "system), in Å; got {}".format(list(coord.shape)))
@@ -184,7 +186,7 @@ class Potential(nn.Module):
         if b == 0 or coord.shape[1] == 0:
             raise ValueError("the batch is empty: 'coord' has shape {}; give at least one molecule with at "
                              "least one atom".format(list(coord.shape)))
-        for key in ["charge", "mult"]:
+        for key in [Key.CHARGE.value, Key.MULT.value]:
             if key in data and data[key].shape != torch.Size([b]):
                 raise ValueError("'{}' must have shape (B,) = [{}], got {}".format(key, b, list(data[key].shape)))
         if bool((numbers != 0).sum(1).eq(0).any()):
@@ -206,8 +208,8 @@ class Potential(nn.Module):
 
     def _validate_flat(self, data: Dict[str, Tensor]) -> Tuple[Tensor, int]:
         """Checks the flat input; returns (mol_idx (N,) int64, n_mol)."""
-        coord = data["coord"]
-        numbers = data["numbers"]
+        coord = data[Key.COORD.value]
+        numbers = data[Key.NUMBERS.value]
         if not coord.is_floating_point():
             raise ValueError("'coord' must be a floating-point tensor, got {}".format(coord.dtype))
         if numbers.is_floating_point() or numbers.dtype == torch.bool:
@@ -224,8 +226,8 @@ class Potential(nn.Module):
             raise ValueError("flat input: 'numbers' must be atomic numbers >= 1 (no padding; use 'mol_idx' "
                              "for several molecules)")
         self._check_elements(numbers)
-        if "mol_idx" in data:
-            mol_idx = data["mol_idx"]
+        if Key.MOL_IDX.value in data:
+            mol_idx = data[Key.MOL_IDX.value]
             if mol_idx.is_floating_point() or mol_idx.dtype == torch.bool or mol_idx.shape != torch.Size([n]):
                 raise ValueError("'mol_idx' must be an integer tensor of shape (N,) = [{}]".format(n))
             mol_idx = mol_idx.to(torch.long)
@@ -241,10 +243,10 @@ class Potential(nn.Module):
     def _periodicity(self, data: Dict[str, Tensor], n_mol: int, dtype: torch.dtype,
                      device: torch.device) -> Tuple[Tensor, Tensor, bool]:
         """(cell (3, 3) in dtype, pbc (3,) bool, periodic) of a flat input; zeros/False if isolated."""
-        has_cell = "cell" in data
+        has_cell = Key.CELL.value in data
         pbc = torch.zeros(3, dtype=torch.bool, device=device)
-        if "pbc" in data:
-            p = data["pbc"]
+        if Key.PBC.value in data:
+            p = data[Key.PBC.value]
             if p.is_floating_point() or (p.dim() != 0 and p.shape != torch.Size([3])):
                 raise ValueError("'pbc' must be a bool tensor of shape (3,) (or a scalar bool)")
             pbc = (p.reshape(-1) != 0).expand(3).to(device)
@@ -255,7 +257,7 @@ class Potential(nn.Module):
         periodic = bool(pbc.any())
         cell = torch.zeros(3, 3, dtype=dtype, device=device)
         if has_cell and periodic:
-            c = data["cell"]
+            c = data[Key.CELL.value]
             if c.shape != torch.Size([3, 3]) or not c.is_floating_point():
                 raise ValueError("'cell' must be a floating-point (3, 3) tensor in Å (rows = lattice vectors), "
                                  "got {} {}".format(list(c.shape), c.dtype))
@@ -360,14 +362,14 @@ class Potential(nn.Module):
                        mol_idx: Optional[Tensor] = None, skin: float = 0.0) -> Dict[str, Tensor]:
         """Neighbour lists of a flat system with every cutoff enlarged by ``skin`` Å (Verlet lists;
         see ``aimnet2mult.nn.neighbors.VerletNeighborList``). Pass the result with the input."""
-        data: Dict[str, Tensor] = {"coord": coord,
-                                   "numbers": torch.ones(coord.shape[0], dtype=torch.long, device=coord.device)}
+        data: Dict[str, Tensor] = {Key.COORD.value: coord,
+                                   Key.NUMBERS.value: torch.ones(coord.shape[0], dtype=torch.long, device=coord.device)}
         if cell is not None:
-            data["cell"] = cell
+            data[Key.CELL.value] = cell
         if pbc is not None:
-            data["pbc"] = pbc
+            data[Key.PBC.value] = pbc
         if mol_idx is not None:
-            data["mol_idx"] = mol_idx
+            data[Key.MOL_IDX.value] = mol_idx
         if coord.dim() != 2 or coord.shape[-1] != 3:
             raise ValueError("neighbour lists are for flat input: 'coord' must be (N, 3)")
         mol, n_mol = self._validate_flat(data)
@@ -378,25 +380,27 @@ class Potential(nn.Module):
     def _given_lists(self, data: Dict[str, Tensor], n: int, need_lr: bool) -> Dict[str, Tensor]:
         """Neighbour lists passed with the input (e.g. Verlet lists), checked."""
         out: Dict[str, Tensor] = {}
-        nbmat = data["nbmat"]
+        nbmat = data[Key.NBMAT.value]
         if nbmat.dim() != 2 or nbmat.shape[0] != n + 1 or nbmat.is_floating_point():
             raise ValueError("'nbmat' must be an integer (N+1, M) neighbour matrix (N = {})".format(n))
         if bool((nbmat < 0).any()) or bool((nbmat > n).any()):
             raise ValueError("'nbmat' holds indices outside 0..N")
-        if "cell_shifts" not in data or data["cell_shifts"].shape != torch.Size([nbmat.shape[0], nbmat.shape[1], 3]):
+        want = torch.Size([nbmat.shape[0], nbmat.shape[1], 3])
+        if Key.CELL_SHIFTS.value not in data or data[Key.CELL_SHIFTS.value].shape != want:
             raise ValueError("'nbmat' needs 'cell_shifts' of shape (N+1, M, 3)")
-        out["nbmat"] = nbmat.to(torch.long)
-        out["cell_shifts"] = data["cell_shifts"]
-        if "pairs_lr" in data:
-            pairs = data["pairs_lr"]
+        out[Key.NBMAT.value] = nbmat.to(torch.long)
+        out[Key.CELL_SHIFTS.value] = data[Key.CELL_SHIFTS.value]
+        if Key.PAIRS_LR.value in data:
+            pairs = data[Key.PAIRS_LR.value]
             if pairs.dim() != 2 or pairs.shape[0] != 2 or pairs.is_floating_point():
                 raise ValueError("'pairs_lr' must be an integer (2, P) pair list")
             if pairs.numel() > 0 and (bool((pairs < 0).any()) or bool((pairs >= n).any())):
                 raise ValueError("'pairs_lr' holds indices outside 0..N-1")
-            if "cell_shifts_lr" not in data or data["cell_shifts_lr"].shape != torch.Size([pairs.shape[1], 3]):
+            want_lr = torch.Size([pairs.shape[1], 3])
+            if Key.CELL_SHIFTS_LR.value not in data or data[Key.CELL_SHIFTS_LR.value].shape != want_lr:
                 raise ValueError("'pairs_lr' needs 'cell_shifts_lr' of shape (P, 3)")
-            out["pairs_lr"] = pairs.to(torch.long)
-            out["cell_shifts_lr"] = data["cell_shifts_lr"]
+            out[Key.PAIRS_LR.value] = pairs.to(torch.long)
+            out[Key.CELL_SHIFTS_LR.value] = data[Key.CELL_SHIFTS_LR.value]
         elif need_lr:
             raise ValueError("the input has 'nbmat' but no long-range list 'pairs_lr' (needed for Coulomb / "
                              "dispersion): pass all lists from neighbor_lists()")
@@ -404,11 +408,11 @@ class Potential(nn.Module):
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        for key in ["coord", "numbers"]:
+        for key in [Key.COORD.value, Key.NUMBERS.value]:
             if key not in data:
                 raise ValueError("input lacks '{}': the potential needs 'coord' ((B, N, 3) or (N, 3), Å) and "
                                  "'numbers' ((B, N) or (N,))".format(key))
-        coord = data["coord"]
+        coord = data[Key.COORD.value]
         if coord.dim() == 2 and coord.shape[-1] == 3:
             return self._forward_flat(data)
         return self._forward_dense(data)
@@ -418,13 +422,13 @@ class Potential(nn.Module):
         the batch row, every long-range pair of each molecule summed), results scattered back to
         (B, N, ...) with zeros at padding: one evaluation path, the fast one, for both layouts."""
         self._validate(data)
-        numbers = data["numbers"].to(torch.long)
+        numbers = data[Key.NUMBERS.value].to(torch.long)
         b, n_pad = numbers.shape[0], numbers.shape[1]
         index = (numbers != 0).reshape(-1).nonzero().squeeze(-1)
         rows = torch.arange(b, device=numbers.device).unsqueeze(1).expand(b, n_pad).reshape(-1)
-        flat: Dict[str, Tensor] = {"coord": data["coord"].reshape(-1, 3)[index],
-                                   "numbers": numbers.reshape(-1)[index], "mol_idx": rows[index]}
-        for key in ["charge", "mult"]:
+        flat: Dict[str, Tensor] = {Key.COORD.value: data[Key.COORD.value].reshape(-1, 3)[index],
+                                   Key.NUMBERS.value: numbers.reshape(-1)[index], Key.MOL_IDX.value: rows[index]}
+        for key in [Key.CHARGE.value, Key.MULT.value]:
             if key in data:
                 flat[key] = data[key]
         out = self._forward_flat(flat, True)
@@ -432,10 +436,10 @@ class Potential(nn.Module):
         for key, value in out.items():
             if key.endswith("energy"):  # per molecule: energy, dispersion_energy, {term}_energy
                 result[key] = value
-        forces = out["forces"]
-        result["forces"] = torch.zeros(b * n_pad, 3, dtype=forces.dtype, device=forces.device).index_copy(
+        forces = out[Key.FORCES.value]
+        result[Key.FORCES.value] = torch.zeros(b * n_pad, 3, dtype=forces.dtype, device=forces.device).index_copy(
             0, index, forces).view(b, n_pad, 3)
-        for key in ["charges", "spin_charges"]:
+        for key in [Key.CHARGES.value, Key.SPIN_CHARGES.value]:
             if key in out:
                 atomic = out[key]
                 result[key] = torch.zeros(b * n_pad, dtype=atomic.dtype, device=atomic.device).index_copy(
@@ -473,22 +477,22 @@ class Potential(nn.Module):
         if energy.requires_grad:  # not when the network's gradient is all in the VJP
             outputs.append(energy.sum())
             seeds.append(torch.ones_like(outputs[0]))
-        if "vjp_distance_grad" in out:
+        if Key.VJP_DISTANCE_GRAD.value in out:
             # the network's hand-written gradient with respect to the pair geometry (see the model)
-            outputs.append(out["d_ij"])
-            seeds.append(out["vjp_distance_grad"])
-            outputs.append(out["u_ij"])
-            seeds.append(out["vjp_direction_grad"])
+            outputs.append(out[Key.D_IJ.value])
+            seeds.append(out[Key.VJP_DISTANCE_GRAD.value])
+            outputs.append(out[Key.U_IJ.value])
+            seeds.append(out[Key.VJP_DIRECTION_GRAD.value])
         if g_lr is not None:
-            outputs.append(out["d_ij_lr"])
+            outputs.append(out[Key.D_IJ_LR.value])
             seeds.append(g_lr)
         return torch.autograd.grad(outputs, leaves, grad_outputs=seeds, allow_unused=True)
 
     def _forward_flat(self, data: Dict[str, Tensor], all_pairs: bool = False) -> Dict[str, Tensor]:
         mol_idx, n_mol = self._validate_flat(data)
         dtype = self.model.backbone.embedding.weight.dtype
-        coord = data["coord"].detach()
-        if coord.dtype != dtype and "nbmat" not in data:
+        coord = data[Key.COORD.value].detach()
+        if coord.dtype != dtype and Key.NBMAT.value not in data:
             # as in the dense layout: per-molecule centroids to the origin before the float32 cast
             # (a uniform shift of each molecule, or of the one periodic system, changes no pair vector)
             sums = torch.zeros(n_mol, 3, dtype=coord.dtype, device=coord.device).index_add_(0, mol_idx, coord)
@@ -497,22 +501,22 @@ class Potential(nn.Module):
         coord = coord.to(dtype)
         device = coord.device
         n = coord.shape[0]
-        numbers = data["numbers"].to(torch.long)
-        charge = self._per_molecule(data, "charge", n_mol, 0.0, dtype, device)
-        mult = self._per_molecule(data, "mult", n_mol, 1.0, dtype, device)
-        if "mult" in data:
+        numbers = data[Key.NUMBERS.value].to(torch.long)
+        charge = self._per_molecule(data, Key.CHARGE.value, n_mol, 0.0, dtype, device)
+        mult = self._per_molecule(data, Key.MULT.value, n_mol, 1.0, dtype, device)
+        if Key.MULT.value in data:
             self._check_mult(mult)
         cell, pbc, periodic = self._periodicity(data, n_mol, dtype, device)
         volume = 0.0
         if periodic:
             volume = abs(float(torch.linalg.det(cell.to(torch.float64))))
         lr_cut, what = self._long_range_cutoff(n, volume, periodic, all_pairs)
-        if "nbmat" in data:
+        if Key.NBMAT.value in data:
             lists = self._given_lists(data, n, lr_cut != 0.0)
         else:
             lists = self._lists(coord, cell, pbc, periodic, mol_idx, n_mol, 0.0, all_pairs)
 
-        hand = self._forces_by_hand("pairs_lr" in lists, periodic)
+        hand = self._forces_by_hand(Key.PAIRS_LR.value in lists, periodic)
         grad_was_enabled = torch.is_grad_enabled()
         torch.set_grad_enabled(not hand)
         leaves = [coord]
@@ -530,39 +534,39 @@ class Potential(nn.Module):
         zero_i = torch.zeros(1, dtype=torch.long, device=device)
         numbers_a = torch.cat([numbers, zero_i])
         inp: Dict[str, Tensor] = {
-            "coord": torch.cat([pos, torch.zeros(1, 3, dtype=dtype, device=device)]),
-            "numbers": numbers_a,
-            "mol_idx": torch.cat([mol_idx, mol_idx[-1:]]),
-            "charge": charge,
-            "mult": mult,
-            "nbmat": lists["nbmat"],
-            "shifts": lists["cell_shifts"].to(dtype) @ cell_s,
+            Key.COORD.value: torch.cat([pos, torch.zeros(1, 3, dtype=dtype, device=device)]),
+            Key.NUMBERS.value: numbers_a,
+            Key.MOL_IDX.value: torch.cat([mol_idx, mol_idx[-1:]]),
+            Key.CHARGE.value: charge,
+            Key.MULT.value: mult,
+            Key.NBMAT.value: lists[Key.NBMAT.value],
+            Key.SHIFTS.value: lists[Key.CELL_SHIFTS.value].to(dtype) @ cell_s,
         }
-        lr_key = "nbmat"
-        if "pairs_lr" in lists:
-            inp["pairs_lr"] = lists["pairs_lr"]
-            inp["shifts_lr"] = lists["cell_shifts_lr"].to(dtype) @ cell_s
-            lr_key = "pairs_lr"
+        lr_key = Key.NBMAT.value
+        if Key.PAIRS_LR.value in lists:
+            inp[Key.PAIRS_LR.value] = lists[Key.PAIRS_LR.value]
+            inp[Key.SHIFTS_LR.value] = lists[Key.CELL_SHIFTS_LR.value].to(dtype) @ cell_s
+            lr_key = Key.PAIRS_LR.value
         if periodic:
-            inp["cell"] = cell_s
+            inp[Key.CELL.value] = cell_s
         # isolated molecules with every pair listed: D3 sums them all, without its cutoff switch,
         # exactly as the dense layout does
         all_lr = lr_cut < 0.0 and not periodic
         out = self.model(inp, hand)
-        energy = out["energy"] + nbops.mol_sum(self.sae[numbers_a], out)
+        energy = out[Key.ENERGY.value] + nbops.mol_sum(self.sae[numbers_a], out)
         e_disp = torch.zeros(n_mol, dtype=torch.float64, device=device)
         term_energies: Dict[str, Tensor] = {}
         g_lr: Optional[Tensor] = None  # dE/dd of the long-range pairs (energy terms, Coulomb), by hand
         for term in self.terms:
-            if lr_key == "pairs_lr":
-                d_lr = out["d_ij_lr"]
+            if lr_key == Key.PAIRS_LR.value:
+                d_lr = out[Key.D_IJ_LR.value]
                 e_t = torch.zeros(n_mol, dtype=torch.float64, device=device)
                 by_hand = False
                 if hasattr(term, "energy_and_distance_grad"):
                     if self.model.manual_forces:
                         # the term's hand-written dE/dd, applied below with the others'
                         with torch.no_grad():
-                            e_t, g_t = term.energy_and_distance_grad(numbers_a, d_lr, out, "pairs_lr", all_lr)
+                            e_t, g_t = term.energy_and_distance_grad(numbers_a, d_lr, out, Key.PAIRS_LR.value, all_lr)
                         g_lr = g_t if g_lr is None else g_lr + g_t
                         by_hand = True
                 if not by_hand and hand:
@@ -570,54 +574,54 @@ class Potential(nn.Module):
                     # that the network and the other terms keep their hand-written path
                     torch.set_grad_enabled(True)
                     d_leaf = d_lr.detach().requires_grad_(True)
-                    e_t = term(numbers_a, d_leaf, out["pair_mask_lr"], out, "pairs_lr", all_lr)
+                    e_t = term(numbers_a, d_leaf, out[Key.PAIR_MASK_LR.value], out, Key.PAIRS_LR.value, all_lr)
                     g_auto = torch.autograd.grad([e_t.sum()], [d_leaf], allow_unused=True)[0]
                     torch.set_grad_enabled(False)
                     e_t = e_t.detach()
                     if g_auto is not None:
                         g_lr = g_auto if g_lr is None else g_lr + g_auto
                 elif not by_hand:
-                    e_t = term(numbers_a, d_lr, out["pair_mask_lr"], out, "pairs_lr", all_lr)
+                    e_t = term(numbers_a, d_lr, out[Key.PAIR_MASK_LR.value], out, Key.PAIRS_LR.value, all_lr)
             else:
-                e_t = term(numbers_a, out["d_ij"], out["pair_mask"], out, "nbmat", all_lr)
+                e_t = term(numbers_a, out[Key.D_IJ.value], out[Key.PAIR_MASK.value], out, Key.NBMAT.value, all_lr)
             if term.is_dispersion:
                 e_disp = e_disp + e_t
             else:
                 key = term.name + "_energy"
                 term_energies[key] = e_t if key not in term_energies else term_energies[key] + e_t
             energy = energy + e_t
-        if "vjp_lr_distance_grad" in out:  # the Coulomb term's hand-written dE/dd (see the model)
-            g_coul = out["vjp_lr_distance_grad"]
+        if Key.VJP_LR_DISTANCE_GRAD.value in out:  # the Coulomb term's hand-written dE/dd (see the model)
+            g_coul = out[Key.VJP_LR_DISTANCE_GRAD.value]
             g_lr = g_coul if g_lr is None else g_lr + g_coul
         if hand:
-            if "vjp_distance_grad" not in out:
+            if Key.VJP_DISTANCE_GRAD.value not in out:
                 raise RuntimeError("internal: the model did not take its hand-written gradient path")
-            g_x, virial = flat_geometry_vjp(out, out["vjp_distance_grad"], out["vjp_direction_grad"], g_lr,
-                                            periodic)
+            g_x, virial = flat_geometry_vjp(out, out[Key.VJP_DISTANCE_GRAD.value],
+                                            out[Key.VJP_DIRECTION_GRAD.value], g_lr, periodic)
             grads: List[Optional[Tensor]] = [g_x[:n], virial]
         else:
             grads = self._autograd_forces(energy, out, g_lr, leaves)
         torch.set_grad_enabled(grad_was_enabled)
-        if float(min_real_distance(out["d_ij"].detach(), out["pair_mask"])) < self.min_distance:
+        if float(min_real_distance(out[Key.D_IJ.value].detach(), out[Key.PAIR_MASK.value])) < self.min_distance:
             raise ValueError("two atoms are closer than {} Å (coincident atoms, or an atom and its periodic "
                              "image): check the coordinates and the cell".format(self.min_distance))
         forces = grads[0]
         if forces is None:
             forces = torch.zeros_like(coord)
         result: Dict[str, Tensor] = {
-            "energy": energy.detach(),
-            "forces": -forces.detach(),
-            "dispersion_energy": e_disp.detach(),
+            Key.ENERGY.value: energy.detach(),
+            Key.FORCES.value: -forces.detach(),
+            Key.DISPERSION_ENERGY.value: e_disp.detach(),
         }
         for key, value in term_energies.items():
             result[key] = value.detach()
         if self.report_charges:
-            result["charges"] = out["charges"][:n].detach()
+            result[Key.CHARGES.value] = out[Key.CHARGES.value][:n].detach()
         if self.report_spin_charges:
-            result["spin_charges"] = out["spin_charges"][:n].detach()
+            result[Key.SPIN_CHARGES.value] = out[Key.SPIN_CHARGES.value][:n].detach()
         if periodic and volume > 1e-9:
             g = grads[1]
             if g is None:
                 g = torch.zeros(3, 3, dtype=dtype, device=device)
-            result["stress"] = g.detach() / volume
+            result[Key.STRESS.value] = g.detach() / volume
         return result

@@ -17,6 +17,7 @@ from .conv import (
     flat_shell_sums_vjp,
     shell_sums,
 )
+from .keys import Key
 from .mlp import make_mlp, mlp_vjp
 
 
@@ -154,7 +155,7 @@ class AIMNet2Backbone(nn.Module):
         """numbers: shifted element indices (A...); charge_channels: (n_mol, C) targets.
         Differentiable by autograd, any layout. ``data`` must hold ``d_ij``, ``u_ij`` (pair
         geometry) for the layout seam. Returns (aim (A..., aim_size), charges q (A..., C))."""
-        basis = self.basis.pair_basis(data["d_ij"], data["u_ij"], nbops.is_dense(data))
+        basis = self.basis.pair_basis(data[Key.D_IJ.value], data[Key.U_IJ.value], nbops.is_dense(data))
         none = torch.empty(0, dtype=basis.gs.dtype, device=basis.gs.device)
         aim, q, _ = self._passes(numbers, charge_channels, data, basis, none, False)
         return aim, q
@@ -167,7 +168,7 @@ class AIMNet2Backbone(nn.Module):
         record); the dense shell matrices are used up to ``dense_products_max_atoms`` atoms."""
         s_mat = torch.empty(0, dtype=w.dtype, device=w.device)
         if numbers.shape[0] <= self.dense_products_max_atoms:
-            s_mat = dense_shell_matrices(w, data["nbmat"])
+            s_mat = dense_shell_matrices(w, data[Key.NBMAT.value])
         none = torch.empty(0, dtype=w.dtype, device=w.device)
         return self._passes(numbers, charge_channels, data, PairBasis(none, none, w), s_mat, True)
 
@@ -192,7 +193,7 @@ class AIMNet2Backbone(nn.Module):
             agh = self.conv_atoms.agh if ipass == 0 else agh_both
             x_j, v = none, none
             if record:
-                s, p, x_j, v = _shell_sums_recorded(x, basis.w, s_mat, data["nbmat"], agh)
+                s, p, x_j, v = _shell_sums_recorded(x, basis.w, s_mat, data[Key.NBMAT.value], agh)
             else:
                 s, p = shell_sums(x, basis, data, agh)
             if ipass == 0:
@@ -224,7 +225,7 @@ class AIMNet2Backbone(nn.Module):
         """Gradient of Σ g_aim·aim + Σ g_q_out·q with respect to the flat pair basis W (G, A, 4, M),
         from the records of :meth:`forward_recorded`. The element embedding does not depend on
         the coordinates, so the first pass's convolution input gets no gradient."""
-        nbmat = data["nbmat"]
+        nbmat = data[Key.NBMAT.value]
         s_mat = record.s_mat
         kinds, saved, bounds = record.kinds, record.saved, record.bounds
         mask = (numbers != 0).unsqueeze(-1)

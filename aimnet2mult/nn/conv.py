@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from . import nbops
 from .basis import PairBasis
+from .keys import Key
 
 
 def shell_sums(x: Tensor, basis: PairBasis, data: Dict[str, Tensor], agh: Tensor) -> Tuple[Tensor, Tensor]:
@@ -19,7 +20,7 @@ def shell_sums(x: Tensor, basis: PairBasis, data: Dict[str, Tensor], agh: Tensor
         t = torch.einsum("bijgx,bjfg->bifgx", basis.gv, x)
         v = torch.einsum("...fgx,fgh->...fhx", t, agh)
         return s, (v * v).sum(-1)
-    s, p, _, _ = flat_shell_sums_recorded(x, basis.w, data["nbmat"], agh)
+    s, p, _, _ = flat_shell_sums_recorded(x, basis.w, data[Key.NBMAT.value], agh)
     return s, p
 
 

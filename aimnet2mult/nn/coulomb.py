@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from ..model_config import COULOMB_METHODS
 from ..units import COULOMB_CONSTANT
 from . import nbops
+from .keys import Key
 
 
 def pair_sums_and_grads(charges: Tensor, v: Tensor, dv: Tensor, data: Dict[str, Tensor],
@@ -237,14 +238,14 @@ class EwaldCoulomb(nn.Module):
 
     def forward(self, charges: Tensor, d_ij: Tensor, pair_mask: Tensor, data: Dict[str, Tensor],
                 nbmat_key: str = "nbmat_lr") -> Tensor:
-        if "cell" not in data or nbops.is_dense(data):
+        if Key.CELL.value not in data or nbops.is_dense(data):
             raise ValueError("Ewald summation needs a periodic system in the flat layout "
                              "('coord' (N, 3) with 'cell' and 'pbc')")
         if nbops.num_molecules(data) != 1:
             raise ValueError("Ewald summation evaluates one periodic system at a time")
-        cell = data["cell"].to(torch.float64)
+        cell = data[Key.CELL.value].to(torch.float64)
         volume = torch.abs(torch.linalg.det(cell))
-        n_real = int((data["numbers"] != 0).sum())
+        n_real = int((data[Key.NUMBERS.value] != 0).sum())
         params = self.parameters_for(n_real, float(volume.detach()))
         alpha, r_cut, k_cut = params[0], params[1], params[2]
 
@@ -261,7 +262,7 @@ class EwaldCoulomb(nn.Module):
 
         # reciprocal space, self and background terms (float64)
         q = charges.to(torch.float64)
-        pos = data["coord"].to(torch.float64)
+        pos = data[Key.COORD.value].to(torch.float64)
         kvec = self._kvectors(cell, k_cut)
         k2 = (kvec * kvec).sum(-1)
         phase = pos @ kvec.transpose(0, 1)  # (A, N_k)
@@ -345,7 +346,7 @@ class Coulomb(nn.Module):
         whose reciprocal sum depends on positions and cell directly)."""
         if self.method == "none":
             return False
-        return not (self.method == "ewald" and "cell" in data)
+        return not (self.method == "ewald" and Key.CELL.value in data)
 
     def energy_and_grads(self, charges: Tensor, d_ij: Tensor, data: Dict[str, Tensor],
                          pairs_key: str) -> Tuple[Tensor, Tensor, Tensor]:
@@ -356,14 +357,14 @@ class Coulomb(nn.Module):
             return self.dsf.energy_and_grads(charges, d_ij, data, pairs_key)
         if not self.has_manual_grads(data):
             raise RuntimeError("no hand-written Coulomb gradients for method '{}' on this input".format(self.method))
-        if "cell" in data:
+        if Key.CELL.value in data:
             raise ValueError("Coulomb method '{}' sums all pairs of an isolated molecule and cannot be "
                              "used for a periodic system: choose 'dsf' or 'ewald'".format(self.method))
         return self.simple.energy_and_grads(charges, d_ij, data, pairs_key)
 
     def forward(self, charges: Tensor, d_ij: Tensor, pair_mask: Tensor, data: Dict[str, Tensor],
                 nbmat_key: str = "nbmat_lr") -> Tensor:
-        periodic = "cell" in data and not nbops.is_dense(data)
+        periodic = Key.CELL.value in data and not nbops.is_dense(data)
         if self.method == "dsf":
             return self.dsf(charges, d_ij, pair_mask, data, nbmat_key)
         if self.method == "ewald" and periodic:

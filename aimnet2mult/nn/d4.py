@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from ..units import ANGSTROM_TO_BOHR, HARTREE_IN_EV
 from . import nbops
+from .keys import Key
 
 __all__ = ["D4", "load_d4_reference_tables"]
 
@@ -346,12 +347,12 @@ class D4(nn.Module):
     # ------------------------------------------------------------------ energy
     def forward(self, numbers: Tensor, d_ij: Tensor, pair_mask: Tensor, data: Dict[str, Tensor],
                 pairs_key: str, all_pairs: bool) -> Tensor:
-        if pairs_key != "pairs_lr" or "cell" in data:
+        if pairs_key != Key.PAIRS_LR.value or Key.CELL.value in data:
             raise ValueError("the D4 term needs every pair of each isolated molecule on the flat half list "
                              "'pairs_lr' (periodic systems are not supported by D4 here)")
         numbers = numbers.to(torch.long)
         pairs = data[pairs_key]
-        mol_idx = data["mol_idx"]
+        mol_idx = data[Key.MOL_IDX.value]
         n_mol = nbops.num_molecules(data)
         valid = ~pair_mask
         r = torch.where(valid, d_ij.to(torch.float64) * self.ang2bohr, torch.full_like(d_ij, 10.0, dtype=torch.float64))
@@ -370,8 +371,8 @@ class D4(nn.Module):
         return energy * self.hartree2ev
 
     def _total_charge(self, data: Dict[str, Tensor], n_mol: int, device: torch.device) -> Tensor:
-        if "charge" in data:
-            charge = data["charge"].to(torch.float64).reshape(-1)
+        if Key.CHARGE.value in data:
+            charge = data[Key.CHARGE.value].to(torch.float64).reshape(-1)
             if charge.shape[0] == 1 and n_mol > 1:
                 charge = charge.expand(n_mol)
             return charge
@@ -383,13 +384,13 @@ class D4(nn.Module):
         """D4 on the flat half list of every pair of each molecule, run under no_grad: (energy
         (n_mol,) float64 eV, dE/dd_ij (P,) eV/Å), the gradient written by hand through CN, EEQ
         (one adjoint solve), reference weights, C6 and the ATM sum (see the module docstring)."""
-        if pairs_key != "pairs_lr" or "cell" in data:
+        if pairs_key != Key.PAIRS_LR.value or Key.CELL.value in data:
             raise ValueError("the D4 term needs every pair of each isolated molecule on the flat half list "
                              "'pairs_lr' (periodic systems are not supported by D4 here)")
         numbers = numbers.to(torch.long)
         pairs = data[pairs_key]
         ai, aj = pairs[0], pairs[1]
-        mol_idx = data["mol_idx"]
+        mol_idx = data[Key.MOL_IDX.value]
         n_mol = nbops.num_molecules(data)
         n = numbers.shape[0]
         valid = (numbers[ai] > 0) & (numbers[aj] > 0)

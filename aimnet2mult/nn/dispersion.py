@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from ..dispersion_params import custom_d3bj_parameters
 from ..units import ANGSTROM_TO_BOHR, HARTREE_IN_EV
 from . import nbops
+from .keys import Key
 from .nbops import take_rows as take
 
 __all__ = ["D3BJ", "load_d3_reference_tables"]
@@ -340,7 +341,7 @@ class D3BJ(nn.Module):
         pairs = data[pairs_key]
         i_idx = pairs[0]
         j_idx = pairs[1]
-        n_atoms = data["coord"].shape[0]
+        n_atoms = data[Key.COORD.value].shape[0]
         dtype = d_ij.dtype
         numbers = numbers.to(torch.long)
         self._check_numbers(numbers)

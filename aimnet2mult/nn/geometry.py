@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from . import nbops
+from .keys import Key
 
 
 def dense_pairs(coord: Tensor, numbers: Tensor, fill: float) -> Tuple[Tensor, Tensor, Tensor]:
@@ -61,18 +62,18 @@ def pair_list_distances(coord: Tensor, pairs: Tensor, shifts: Optional[Tensor]) 
 
 def _lr_shifts(data: Dict[str, Tensor]) -> Optional[Tensor]:
     """The long-range list's image shifts ``shifts_lr`` (P, 3) Å, None when absent (zero)."""
-    if "shifts_lr" in data:
-        return data["shifts_lr"]
+    if Key.SHIFTS_LR.value in data:
+        return data[Key.SHIFTS_LR.value]
     return None
 
 
 def long_range_geometry(data: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Add ``d_ij_lr`` and ``pair_mask_lr`` for the long-range half pair list ``pairs_lr`` (flat
     layout; ``shifts_lr`` (P, 3) Å optional, zero when absent)."""
-    pairs = data["pairs_lr"]
-    d = pair_list_distances(data["coord"], pairs, _lr_shifts(data))
-    data["d_ij_lr"] = d
-    data["pair_mask_lr"] = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
+    pairs = data[Key.PAIRS_LR.value]
+    d = pair_list_distances(data[Key.COORD.value], pairs, _lr_shifts(data))
+    data[Key.D_IJ_LR.value] = d
+    data[Key.PAIR_MASK_LR.value] = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
     return data
 
 
@@ -88,19 +89,19 @@ def min_real_distance(d_ij: Tensor, pair_mask: Tensor) -> Tensor:
 
 def pair_geometry(data: Dict[str, Tensor], fill: float) -> Dict[str, Tensor]:
     """Add ``d_ij``, ``u_ij`` and ``pair_mask`` (short-range pairs) to the batch dict."""
-    if data["coord"].dim() == 3:
-        d_ij, r_ij, pair_mask = dense_pairs(data["coord"], data["numbers"], fill)
+    if data[Key.COORD.value].dim() == 3:
+        d_ij, r_ij, pair_mask = dense_pairs(data[Key.COORD.value], data[Key.NUMBERS.value], fill)
     else:
-        nbmat = data["nbmat"]
-        if "shifts" in data:
-            shifts = data["shifts"]
+        nbmat = data[Key.NBMAT.value]
+        if Key.SHIFTS.value in data:
+            shifts = data[Key.SHIFTS.value]
         else:
-            shifts = torch.zeros(nbmat.shape[0], nbmat.shape[1], 3, dtype=data["coord"].dtype,
+            shifts = torch.zeros(nbmat.shape[0], nbmat.shape[1], 3, dtype=data[Key.COORD.value].dtype,
                                  device=nbmat.device)
-        d_ij, r_ij, pair_mask = flat_pairs(data["coord"], nbmat, fill, shifts)
-    data["d_ij"] = d_ij
-    data["u_ij"] = unit_vectors(r_ij, d_ij)
-    data["pair_mask"] = pair_mask
+        d_ij, r_ij, pair_mask = flat_pairs(data[Key.COORD.value], nbmat, fill, shifts)
+    data[Key.D_IJ.value] = d_ij
+    data[Key.U_IJ.value] = unit_vectors(r_ij, d_ij)
+    data[Key.PAIR_MASK.value] = pair_mask
     return data
 
 
@@ -111,11 +112,11 @@ def flat_geometry_vjp(data: Dict[str, Tensor], g_d: Tensor, g_u: Tensor,
     and dE/dd (P,) of the long-range half list (or None) -> (dE/dx (A, 3) eV/Å, the virial
     Σ_pairs r_ij ⊗ dE/dr_ij (3, 3) eV, which is dE/dε of a homogeneous strain x -> x (1 + ε);
     zeros unless ``need_virial``). Masked pairs have a constant distance and no gradient."""
-    coord = data["coord"]
-    nbmat = data["nbmat"]
-    mask = data["pair_mask"].unsqueeze(-1)
-    d = data["d_ij"].unsqueeze(-1)
-    u = data["u_ij"]
+    coord = data[Key.COORD.value]
+    nbmat = data[Key.NBMAT.value]
+    mask = data[Key.PAIR_MASK.value].unsqueeze(-1)
+    d = data[Key.D_IJ.value].unsqueeze(-1)
+    u = data[Key.U_IJ.value]
     # u = r/d: du/dr = (I - u uᵀ)/d; d = |r|: dd/dr = u
     g_r = g_d.unsqueeze(-1) * u + (g_u - u * (u * g_u).sum(-1, keepdim=True)) / d
     g_r = g_r.masked_fill(mask, 0.0).reshape(-1, 3)
@@ -126,9 +127,9 @@ def flat_geometry_vjp(data: Dict[str, Tensor], g_d: Tensor, g_u: Tensor,
         r = (u * d).masked_fill(mask, 0.0).reshape(-1, 3)
         virial = r.t() @ g_r
     if g_d_lr is not None:
-        pairs = data["pairs_lr"]
+        pairs = data[Key.PAIRS_LR.value]
         r_lr = pair_list_vectors(coord, pairs, _lr_shifts(data))
-        g_r_lr = (g_d_lr / data["d_ij_lr"]).unsqueeze(-1) * r_lr
+        g_r_lr = (g_d_lr / data[Key.D_IJ_LR.value]).unsqueeze(-1) * r_lr
         g_x = g_x.index_add(0, pairs[1], g_r_lr).index_add(0, pairs[0], -g_r_lr)
         if need_virial:
             virial = virial + r_lr.t() @ g_r_lr

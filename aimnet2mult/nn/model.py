@@ -30,6 +30,7 @@ from . import nbops
 from .backbone import AIMNet2Backbone
 from .coulomb import Coulomb
 from .geometry import long_range_geometry, pair_geometry
+from .keys import Key
 from .readout import EnergyReadout
 
 
@@ -76,12 +77,12 @@ class MultiFidelityAIMNet2(nn.Module):
 
     def _fidelity_per_atom(self, data: Dict[str, Tensor]) -> Tensor:
         n_mol = nbops.num_molecules(data)
-        if "fidelity" in data:
-            fid = data["fidelity"].to(torch.long)
+        if Key.FIDELITY.value in data:
+            fid = data[Key.FIDELITY.value].to(torch.long)
             if fid.dim() == 0:
                 fid = fid.expand(n_mol)
         elif self.num_fidelities == 1:
-            fid = torch.zeros(n_mol, dtype=torch.long, device=data["coord"].device)
+            fid = torch.zeros(n_mol, dtype=torch.long, device=data[Key.COORD.value].device)
         else:
             raise ValueError("this model has {} fidelities: the batch needs a 'fidelity' entry "
                              "(index per molecule)".format(self.num_fidelities))
@@ -92,14 +93,14 @@ class MultiFidelityAIMNet2(nn.Module):
             raise ValueError("fidelity index out of range: this model has fidelities 0..{}".format(
                 self.num_fidelities - 1))
         if nbops.is_dense(data):
-            return fid.unsqueeze(1).expand(data["numbers"].shape)
-        return fid[data["mol_idx"]]
+            return fid.unsqueeze(1).expand(data[Key.NUMBERS.value].shape)
+        return fid[data[Key.MOL_IDX.value]]
 
     def _charge_channels(self, data: Dict[str, Tensor], dtype: torch.dtype) -> Tensor:
-        charge = data["charge"].to(dtype)
+        charge = data[Key.CHARGE.value].to(dtype)
         if self.num_charge_channels == 1:
             return charge.unsqueeze(-1)
-        unpaired = data["mult"].to(dtype) - 1.0
+        unpaired = data[Key.MULT.value].to(dtype) - 1.0
         return torch.stack([0.5 * (charge + unpaired), 0.5 * (charge - unpaired)], dim=-1)
 
     def forward(self, data: Dict[str, Tensor], forces_by_hand: bool = False) -> Dict[str, Tensor]:
@@ -107,13 +108,13 @@ class MultiFidelityAIMNet2(nn.Module):
         the hand-written gradient path even though the coordinates do not require grad."""
         dtype = self.backbone.embedding.weight.dtype
         data = dict(data)
-        data["coord"] = data["coord"].to(dtype)
-        numbers = data["numbers"].to(torch.long)
-        data["numbers"] = numbers
-        if "charge" not in data:
-            data["charge"] = torch.zeros(nbops.num_molecules(data), dtype=dtype, device=numbers.device)
-        if self.num_charge_channels == 2 and "mult" not in data:
-            data["mult"] = torch.ones(nbops.num_molecules(data), dtype=dtype, device=numbers.device)
+        data[Key.COORD.value] = data[Key.COORD.value].to(dtype)
+        numbers = data[Key.NUMBERS.value].to(torch.long)
+        data[Key.NUMBERS.value] = numbers
+        if Key.CHARGE.value not in data:
+            data[Key.CHARGE.value] = torch.zeros(nbops.num_molecules(data), dtype=dtype, device=numbers.device)
+        if self.num_charge_channels == 2 and Key.MULT.value not in data:
+            data[Key.MULT.value] = torch.ones(nbops.num_molecules(data), dtype=dtype, device=numbers.device)
         if bool(((numbers < 0) | (numbers >= self.fidelity_offset)).any()):
             raise ValueError("atomic numbers must lie in 0..{} (0 = padding)".format(self.fidelity_offset - 1))
         fid_atom = self._fidelity_per_atom(data)
@@ -122,9 +123,9 @@ class MultiFidelityAIMNet2(nn.Module):
 
         data = pair_geometry(data, self.cutoff * self.cutoff)
         dense = nbops.is_dense(data)
-        if not dense and "pairs_lr" in data:
+        if not dense and Key.PAIRS_LR.value in data:
             data = long_range_geometry(data)
-        if not dense and self.takes_manual_forces() and (data["coord"].requires_grad or forces_by_hand):
+        if not dense and self.takes_manual_forces() and (data[Key.COORD.value].requires_grad or forces_by_hand):
             return self._forward_manual_vjp(data, shifted, real)
         aim, q = self.backbone(shifted, self._charge_channels(data, dtype), data)
 
@@ -147,16 +148,17 @@ class MultiFidelityAIMNet2(nn.Module):
     def _coulomb_energy(self, charges: Tensor, data: Dict[str, Tensor]) -> Tensor:
         """Coulomb energy (n_mol,) on the long-range pair list when there is one (flat layout),
         else on the short-range pairs."""
-        if not nbops.is_dense(data) and "pairs_lr" in data:
-            return self.coulomb(charges, data["d_ij_lr"], data["pair_mask_lr"], data, "pairs_lr")
-        return self.coulomb(charges, data["d_ij"], data["pair_mask"], data, "nbmat")
+        if not nbops.is_dense(data) and Key.PAIRS_LR.value in data:
+            return self.coulomb(charges, data[Key.D_IJ_LR.value], data[Key.PAIR_MASK_LR.value], data,
+                                Key.PAIRS_LR.value)
+        return self.coulomb(charges, data[Key.D_IJ.value], data[Key.PAIR_MASK.value], data, Key.NBMAT.value)
 
     def _outputs(self, data: Dict[str, Tensor], e_atom: Tensor, energy: Tensor, q: Tensor) -> Dict[str, Tensor]:
-        data["atomic_energies"] = e_atom
-        data["energy"] = energy
-        data["charges"] = q.sum(-1)
+        data[Key.ATOMIC_ENERGIES.value] = e_atom
+        data[Key.ENERGY.value] = energy
+        data[Key.CHARGES.value] = q.sum(-1)
         if self.num_charge_channels == 2:
-            data["spin_charges"] = q[..., 0] - q[..., 1]
+            data[Key.SPIN_CHARGES.value] = q[..., 0] - q[..., 1]
         return data
 
     def takes_manual_forces(self) -> bool:
@@ -184,20 +186,20 @@ class MultiFidelityAIMNet2(nn.Module):
         dtype = self.backbone.embedding.weight.dtype
         readout = self.readouts[0]
         with torch.no_grad():
-            w0, gs = self.backbone.basis.flat_basis(data["d_ij"], data["u_ij"])
+            w0, gs = self.backbone.basis.flat_basis(data[Key.D_IJ.value], data[Key.U_IJ.value])
             charge_channels = self._charge_channels(data, dtype)
             aim, q, record = self.backbone.forward_recorded(shifted, charge_channels, data, w0)
             e_atom, g_aim = readout.forward_vjp(aim, shifted, real.to(dtype))
             e_atom = torch.where(real, e_atom, torch.zeros_like(e_atom))
         energy = nbops.mol_sum(e_atom, data)
         g_q = torch.zeros_like(q)
-        if "pairs_lr" in data and self.coulomb.has_manual_grads(data):
+        if Key.PAIRS_LR.value in data and self.coulomb.has_manual_grads(data):
             # hand-written Coulomb gradients: dE/dq into the backbone VJP, dE/dd to the caller
             with torch.no_grad():
-                e_coul, g_charges, g_d_lr = self.coulomb.energy_and_grads(q.sum(-1), data["d_ij_lr"], data,
-                                                                           "pairs_lr")
+                e_coul, g_charges, g_d_lr = self.coulomb.energy_and_grads(q.sum(-1), data[Key.D_IJ_LR.value], data,
+                                                                           Key.PAIRS_LR.value)
             g_q = g_charges.unsqueeze(-1).expand(q.shape)
-            data["vjp_lr_distance_grad"] = g_d_lr
+            data[Key.VJP_LR_DISTANCE_GRAD.value] = g_d_lr
             energy = energy + e_coul
         elif self.coulomb.method != "none":  # periodic Ewald: autograd, dE/dq taken here
             q_leaf = q.detach().requires_grad_(True)
@@ -209,7 +211,7 @@ class MultiFidelityAIMNet2(nn.Module):
             energy = energy + e_coul
         with torch.no_grad():
             g_w = self.backbone.vjp(g_aim, g_q, shifted, data, w0, record)
-            g_d, g_u = self.backbone.basis.vjp(data["d_ij"], data["u_ij"], gs, g_w)
-        data["vjp_distance_grad"] = g_d
-        data["vjp_direction_grad"] = g_u
+            g_d, g_u = self.backbone.basis.vjp(data[Key.D_IJ.value], data[Key.U_IJ.value], gs, g_w)
+        data[Key.VJP_DISTANCE_GRAD.value] = g_d
+        data[Key.VJP_DIRECTION_GRAD.value] = g_u
         return self._outputs(data, e_atom, energy, q)

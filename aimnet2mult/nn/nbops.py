@@ -29,10 +29,12 @@ from typing import Dict
 import torch
 from torch import Tensor
 
+from .keys import Key
+
 
 def is_dense(data: Dict[str, Tensor]) -> bool:
     """True for the dense padded layout (coord (B, N, 3)), False for the flat layout (A, 3)."""
-    return data["coord"].dim() == 3
+    return data[Key.COORD.value].dim() == 3
 
 
 def is_pair_list(key: str) -> bool:
@@ -54,7 +56,7 @@ def take_rows(x: Tensor, idx: Tensor) -> Tensor:
     return out.reshape(list(idx.shape) + list(x.shape[1:]))
 
 
-def gather_j(x: Tensor, data: Dict[str, Tensor], nbmat_key: str = "nbmat") -> Tensor:
+def gather_j(x: Tensor, data: Dict[str, Tensor], nbmat_key: str = Key.NBMAT.value) -> Tensor:
     """Values of neighbour j for every pair.
 
     x: atom tensor (B, N, ...) or (A, ...). Returns a pair tensor (B, N, N, ...), (A, M, ...) or
@@ -69,7 +71,7 @@ def gather_j(x: Tensor, data: Dict[str, Tensor], nbmat_key: str = "nbmat") -> Te
     return take_rows(x, data[nbmat_key])
 
 
-def atom_i(x: Tensor, data: Dict[str, Tensor], nbmat_key: str = "nbmat") -> Tensor:
+def atom_i(x: Tensor, data: Dict[str, Tensor], nbmat_key: str = Key.NBMAT.value) -> Tensor:
     """Values of atom i for every pair: broadcastable against pair tensors (inserts the neighbour
     axis) for padded layouts, gathered (P, ...) for a pair list."""
     if not is_dense(data) and is_pair_list(nbmat_key):
@@ -77,20 +79,20 @@ def atom_i(x: Tensor, data: Dict[str, Tensor], nbmat_key: str = "nbmat") -> Tens
     return x.unsqueeze(neighbor_dim(data))
 
 
-def sum_j(x: Tensor, data: Dict[str, Tensor], nbmat_key: str = "nbmat") -> Tensor:
+def sum_j(x: Tensor, data: Dict[str, Tensor], nbmat_key: str = Key.NBMAT.value) -> Tensor:
     """Sum a pair tensor over neighbours j: (B,N,N,...)->(B,N,...), (A,M,...)->(A,...).
 
     For a half pair list (P, ...) -> (A, ...), each pair value goes to both of its atoms.
     """
     if not is_dense(data) and is_pair_list(nbmat_key):
         pairs = data[nbmat_key]
-        shape = [data["coord"].shape[0]] + list(x.shape[1:])
+        shape = [data[Key.COORD.value].shape[0]] + list(x.shape[1:])
         out = torch.zeros(shape, dtype=x.dtype, device=x.device)
         return out.index_add(0, pairs[0], x).index_add(0, pairs[1], x)
     return x.sum(neighbor_dim(data))
 
 
-def gather_ij(table: Tensor, col: Tensor, data: Dict[str, Tensor], nbmat_key: str = "nbmat") -> Tensor:
+def gather_ij(table: Tensor, col: Tensor, data: Dict[str, Tensor], nbmat_key: str = Key.NBMAT.value) -> Tensor:
     """Row i, column ``col_ij`` of a per-atom table, for every pair.
 
     table: atom tensor (B, N, U, K) or (A, U, K); col: integer pair tensor with values in 0..U-1.
@@ -110,8 +112,8 @@ def gather_ij(table: Tensor, col: Tensor, data: Dict[str, Tensor], nbmat_key: st
 
 def num_molecules(data: Dict[str, Tensor]) -> int:
     if is_dense(data):
-        return data["coord"].shape[0]
-    return int(data["charge"].shape[0])
+        return data[Key.COORD.value].shape[0]
+    return int(data[Key.CHARGE.value].shape[0])
 
 
 def mol_sum(x: Tensor, data: Dict[str, Tensor]) -> Tensor:
@@ -126,7 +128,7 @@ def mol_sum(x: Tensor, data: Dict[str, Tensor]) -> Tensor:
         return x.sum(0, keepdim=True)
     shape = [num_molecules(data)] + list(x.shape[1:])
     out = torch.zeros(shape, dtype=x.dtype, device=x.device)
-    return out.index_add(0, data["mol_idx"], x)
+    return out.index_add(0, data[Key.MOL_IDX.value], x)
 
 
 def mol_to_atoms(x: Tensor, data: Dict[str, Tensor]) -> Tensor:
@@ -135,10 +137,10 @@ def mol_to_atoms(x: Tensor, data: Dict[str, Tensor]) -> Tensor:
         return x.unsqueeze(1)
     if x.shape[0] == 1:
         # one molecule: a view, no gather (and no scatter in the backward pass)
-        return x.expand([data["mol_idx"].shape[0]] + list(x.shape[1:]))
-    return take_rows(x, data["mol_idx"])
+        return x.expand([data[Key.MOL_IDX.value].shape[0]] + list(x.shape[1:]))
+    return take_rows(x, data[Key.MOL_IDX.value])
 
 
 def atom_mask(data: Dict[str, Tensor]) -> Tensor:
     """True for real atoms, False for padding (dense) or the trailing dummy (flat)."""
-    return data["numbers"] != 0
+    return data[Key.NUMBERS.value] != 0

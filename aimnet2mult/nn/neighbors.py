@@ -41,6 +41,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .keys import Key
+
 __all__ = ["TorchCellList", "cell_list_pairs", "all_pairs_within", "all_pairs_neighbor_matrix",
            "padded_neighbor_matrix", "all_pairs_half",
            "half_list_mask", "make_neighbor_list", "assemble_lists", "NEIGHBOR_LIST_LIBRARIES", "VerletNeighborList"]
@@ -400,14 +402,14 @@ def assemble_lists(n_atoms: int, sr: Tuple[Tensor, Tensor, Tensor], lr: Optional
     ``lr`` the half long-range (i, j, shifts) when lr_cutoff > 0 (all pairs of each molecule when
     lr_cutoff < 0, none when 0)."""
     nbmat, shifts = padded_neighbor_matrix(sr[0], sr[1], sr[2], n_atoms)
-    out: Dict[str, Tensor] = {"nbmat": nbmat, "cell_shifts": shifts}
+    out: Dict[str, Tensor] = {Key.NBMAT.value: nbmat, Key.CELL_SHIFTS.value: shifts}
     if lr_cutoff < 0.0:
         pairs, shifts_lr = all_pairs_half(mol_idx, n_mol)
-        out["pairs_lr"] = pairs
-        out["cell_shifts_lr"] = shifts_lr
+        out[Key.PAIRS_LR.value] = pairs
+        out[Key.CELL_SHIFTS_LR.value] = shifts_lr
     elif lr is not None:
-        out["pairs_lr"] = torch.stack([lr[0], lr[1]])
-        out["cell_shifts_lr"] = lr[2]
+        out[Key.PAIRS_LR.value] = torch.stack([lr[0], lr[1]])
+        out[Key.CELL_SHIFTS_LR.value] = lr[2]
     return out
 
 
@@ -451,9 +453,9 @@ class TorchCellList(nn.Module):
             # small isolated systems: the short-range matrix straight from the all-pairs mask
             nbmat, shifts = all_pairs_neighbor_matrix(coord.detach().to(torch.float64), mol_idx.to(torch.long),
                                                       sr_cutoff)
-            out: Dict[str, Tensor] = {"nbmat": nbmat, "cell_shifts": shifts}
+            out: Dict[str, Tensor] = {Key.NBMAT.value: nbmat, Key.CELL_SHIFTS.value: shifts}
             if lr_cutoff < 0.0:
-                out["pairs_lr"], out["cell_shifts_lr"] = all_pairs_half(mol_idx, n_mol)
+                out[Key.PAIRS_LR.value], out[Key.CELL_SHIFTS_LR.value] = all_pairs_half(mol_idx, n_mol)
             return out
         sr = self.pairs(coord, cell, pbc, mol_idx, sr_cutoff, True)
         lr: Optional[Tuple[Tensor, Tensor, Tensor]] = None
@@ -506,10 +508,10 @@ class VerletNeighborList:
         self._lists: Dict[str, Tensor] = {}
 
     def _state_key(self, data: Dict[str, Tensor]) -> List:
-        cell = data.get("cell")
-        pbc = data.get("pbc")
-        mol = data.get("mol_idx")
-        return [int(data["coord"].shape[0]),
+        cell = data.get(Key.CELL.value)
+        pbc = data.get(Key.PBC.value)
+        mol = data.get(Key.MOL_IDX.value)
+        return [int(data[Key.COORD.value].shape[0]),
                 None if cell is None else cell.detach().to(torch.float64).cpu().reshape(-1).tolist(),
                 None if pbc is None else pbc.detach().cpu().reshape(-1).tolist(),
                 None if mol is None else mol.detach().cpu().tolist()]
@@ -517,18 +519,18 @@ class VerletNeighborList:
     def needs_rebuild(self, data: Dict[str, Tensor]) -> bool:
         if self._ref is None or self._key != self._state_key(data):
             return True
-        disp = (data["coord"].detach().to(torch.float64) - self._ref).norm(dim=-1)
+        disp = (data[Key.COORD.value].detach().to(torch.float64) - self._ref).norm(dim=-1)
         return bool(disp.numel() > 0 and float(disp.max()) > 0.5 * self.skin)
 
     def update(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """``data`` plus the (possibly cached) neighbour lists, ready for the potential."""
-        coord = data["coord"]
+        coord = data[Key.COORD.value]
         if coord.dim() != 2:
             raise ValueError("VerletNeighborList works on flat input: 'coord' must be (N, 3)")
         if self.needs_rebuild(data):
-            cell: Optional[Tensor] = data.get("cell")
-            pbc: Optional[Tensor] = data.get("pbc")
-            mol: Optional[Tensor] = data.get("mol_idx")
+            cell: Optional[Tensor] = data.get(Key.CELL.value)
+            pbc: Optional[Tensor] = data.get(Key.PBC.value)
+            mol: Optional[Tensor] = data.get(Key.MOL_IDX.value)
             self._lists = dict(self.potential.neighbor_lists(coord.detach(), cell, pbc, mol, self.skin))
             self._ref = coord.detach().to(torch.float64).clone()
             self._key = self._state_key(data)
