@@ -261,9 +261,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: N = 80, 10 steps of 8")
     p.add_argument("--tag", default="", help="suffix of the run names (variants of a recipe)")
     p.add_argument("--replay-weight", type=float, default=0.5)
-    p.add_argument("--extra-pool", nargs="*", default=[], metavar="H5",
-                   help="more replay-pool geometry files for the replay arm (e.g. bench/data/replay_pool_sipbri.h5: "
-                        "Si, P, Br, I molecules outside the drift set, made by bench/make_replay_pool.py)")
+    p.add_argument("--extra-pool", action="append", default=[], metavar="H5",
+                   help="one more replay-pool geometry file for the replay arm (repeatable), e.g. "
+                        "bench/data/replay_pool_sipbri.h5: Si, P, Br, I molecules outside the drift set, made by "
+                        "bench/make_replay_pool.py")
     p.add_argument("--reevaluate", action="store_true", help="score finished runs again (new metrics)")
     p.add_argument("overrides", nargs="*", help="key=value training overrides for the fine-tuning arms")
     args = p.parse_args(argv)

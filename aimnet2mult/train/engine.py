@@ -46,23 +46,23 @@ def hold_fidelities(model: nn.Module, fidelities: List[int]) -> List[str]:
     per-fidelity readouts, their readout heads (``requires_grad`` off). The shared backbone trains.
     Returns the names of the frozen readout parameters (log lines are the caller's)."""
     n_fid = int(model.num_fidelities)
-    bad = [k for k in fidelities if not 0 <= int(k) < n_fid]
+    bad = [k for k in fidelities if not 0 <= k < n_fid]
     if bad:
         raise ConfigError(f"optimizer.hold_fidelities: fidelities {bad} do not exist (the model has {n_fid})")
-    if len(set(int(k) for k in fidelities)) == n_fid:
+    if len(set(fidelities)) == n_fid:
         raise ConfigError("optimizer.hold_fidelities: names every fidelity, so no element embedding row would train")
     off = int(model.fidelity_offset)
     emb = model.backbone.embedding.weight
     keep = torch.ones(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
     for k in fidelities:
-        keep[int(k) * off:(int(k) + 1) * off] = 0.0
+        keep[k * off:(k + 1) * off] = 0.0
     emb.register_hook(lambda grad: grad * keep.to(grad.dtype))
     frozen: List[str] = []
     if model.use_fidelity_readouts:
         for k in fidelities:
-            for pname, param in model.readouts[int(k)].named_parameters():
+            for pname, param in model.readouts[k].named_parameters():
                 param.requires_grad_(False)
-                frozen.append(f"readouts.{int(k)}.{pname}")
+                frozen.append(f"readouts.{k}.{pname}")
     return frozen
 
 
@@ -74,7 +74,7 @@ def build_optimizer(model: nn.Module, cfg: Dict[str, Any]) -> torch.optim.Optimi
     if not isinstance(held_cfg, (list, tuple)) or not all(isinstance(k, int) and not isinstance(k, bool)
                                                           for k in held_cfg):
         raise ConfigError(f"optimizer.hold_fidelities: a list of fidelity indices, got {held_cfg!r}")
-    held = [int(k) for k in held_cfg]
+    held = list(held_cfg)
     if held:
         names = hold_fidelities(model, held)
         log.info("hold_fidelities %s: their embedding rows%s do not train", held,

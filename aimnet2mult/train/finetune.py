@@ -126,7 +126,7 @@ def pseudo_label(source: Dict[str, Any], fidelity: int, geometry_files: Sequence
     if skipped:
         log.info("pseudo-labels of fidelity %d: %d molecule(s) with elements it was not trained on left out",
                  fidelity, skipped)
-    uncovered = sorted(supported - set(bucket.elements()))
+    uncovered = sorted(supported - bucket.elements())
     if warn_uncovered and bucket.n and uncovered:
         log.warning("pseudo-labels of fidelity %d ('%s') cover none of its elements %s: nothing holds its "
                     "predictions for them while the backbone adapts; add --replay-pool geometries that "
